@@ -1,0 +1,1 @@
+"""Model definitions: StyleGAN2, backbones, encoders, latent discriminator."""
