@@ -1,0 +1,110 @@
+"""Builder for the synth data set: PNG folders per split plus one attributes CSV.
+
+Layout written under ``out``::
+
+    train/000000.png ...   test/000000.png ...   val/000000.png ...
+    attributes.csv         split,filename,<one column per attribute in ATTRIBUTES order>
+    meta.json              seed, counts, image size, supersampling and the attribute table
+
+Each split draws its attributes from its own stream ``np.random.default_rng([seed, split_id])``, so
+the test and val sets do not depend on ``n_train``. Rendering is a pure function of the attributes
+and PNG encoding uses fixed settings, so the same arguments give the same bytes; the CSV stores the
+exact float32 attributes, so ``render`` reproduces any image from its CSV row.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .render import ATTRIBUTE_SPECS, ATTRIBUTES, render, sample_attributes
+
+__all__ = ["SPLITS", "build_dataset", "read_attributes", "write_attributes_csv"]
+
+SPLITS = ("train", "test", "val")  # order fixes the per-split random stream ids
+_PNG_OPTS = dict(format="PNG", compress_level=6)
+
+
+def _render_chunk(job):
+    """Worker: render one chunk and write its PNGs. ``job`` = (folder, first index, attrs, size, ss)."""
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    folder, start, attrs, size, ss = job
+    images = render(attrs, size=size, supersample=ss, chunk=16)
+    for k, im in enumerate(images):
+        Image.fromarray(im).save(os.path.join(folder, f"{start + k:06d}.png"), **_PNG_OPTS)
+    return len(images)
+
+
+def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 1000, n_val: int = 1000,
+                  seed: int = 0, size: int = 64, supersample: int = 3, workers: int = 2,
+                  chunk: int = 128, progress: bool = True) -> dict:
+    """Render the splits into ``out`` and write ``attributes.csv`` and ``meta.json``.
+
+    Returns the counts per split. ``workers`` processes render in parallel (each single-threaded);
+    ``workers <= 1`` renders in this process."""
+    out = Path(out)
+    counts = dict(train=n_train, test=n_test, val=n_val)
+    attrs = {}
+    jobs = []
+    for sid, split in enumerate(SPLITS):
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.png"):
+            stale.unlink()
+        attrs[split] = sample_attributes(counts[split], np.random.default_rng([seed, sid]))
+        for i in range(0, counts[split], chunk):
+            jobs.append((str(folder), i, attrs[split][i:i + chunk], size, supersample))
+
+    bar = tqdm(total=sum(counts.values()), desc="render synth", unit="img", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            bar.update(_render_chunk(job))
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for n in pool.imap_unordered(_render_chunk, jobs):
+                bar.update(n)
+    bar.close()
+
+    write_attributes_csv(out / "attributes.csv", attrs)
+    meta = dict(seed=seed, counts=counts, size=size, supersample=supersample,
+                attributes={k: dict(low=lo, high=hi, description=d) for k, (lo, hi, d) in ATTRIBUTE_SPECS.items()})
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return counts
+
+
+def write_attributes_csv(path: str | os.PathLike, attrs: dict[str, np.ndarray]) -> None:
+    """Write ``attributes.csv`` for split -> [n, K] arrays; ``%.9g`` round-trips float32 exactly,
+    so ``render(read_attributes(...)[1])`` reproduces the PNGs bit for bit."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["split", "filename", *ATTRIBUTES])
+        for split in SPLITS:
+            for i, row in enumerate(attrs.get(split, ())):
+                w.writerow([split, f"{i:06d}.png", *(f"{x:.9g}" for x in row)])
+
+
+def read_attributes(root: str | os.PathLike, split: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Read ``attributes.csv``: (relative paths like ``train/000000.png``, float32 [n, K]).
+
+    Only rows of ``split`` when given. Columns follow the CSV header, which must match ``ATTRIBUTES``."""
+    path = Path(root) / "attributes.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; build the data set with "
+                                f"`python -m experiments.synth build --out {root}`")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    if tuple(header[2:]) != ATTRIBUTES:
+        raise ValueError(f"{path}: attribute columns {header[2:]} differ from the renderer's {list(ATTRIBUTES)}")
+    rows = [r for r in rows if split is None or r[0] == split]
+    files = [f"{r[0]}/{r[1]}" for r in rows]
+    values = np.array([[float(x) for x in r[2:]] for r in rows], np.float32).reshape(len(rows), len(ATTRIBUTES))
+    return files, values

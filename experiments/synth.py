@@ -1,0 +1,99 @@
+"""CLI for the embedded synth domain (DESIGN.md section 4).
+
+Subcommands::
+
+    python -m experiments.synth build --out data/synth               # render the data set
+    python -m experiments.synth train-attrnet --data data/synth      # rebuild the attribute net
+
+Other modules add subcommands: if ``e4e.synth.gan`` or ``e4e.synth.directions`` import and define
+``add_cli(subparsers)``, it is called to register theirs (e.g. ``train-generator``, ``directions``).
+Each registered subparser sets ``func`` (via ``set_defaults``) to the function that runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+__all__ = ["build_parser", "main"]
+
+_EXTENSIONS = ("e4e.synth.gan", "e4e.synth.directions")
+_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_build(sub):
+    p = sub.add_parser("build", help="render the synth data set (PNG folders + attributes.csv)", formatter_class=_FMT)
+    p.add_argument("--out", default="data/synth", help="output folder")
+    p.add_argument("--n-train", type=int, default=30000, help="training images")
+    p.add_argument("--n-test", type=int, default=1000, help="test images")
+    p.add_argument("--n-val", type=int, default=1000, help="validation images (model selection)")
+    p.add_argument("--seed", type=int, default=0, help="attribute sampling seed")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels")
+    p.add_argument("--supersample", type=int, default=3, help="render at size*supersample, then box-filter down")
+    p.add_argument("--workers", type=int, default=2, help="rendering processes (<=1: in this process)")
+    p.set_defaults(func=_run_build)
+
+
+def _run_build(args):
+    from e4e.synth.dataset import build_dataset
+
+    t0 = time.time()
+    counts = build_dataset(args.out, args.n_train, args.n_test, args.n_val, seed=args.seed, size=args.size,
+                           supersample=args.supersample, workers=args.workers)
+    print(json.dumps(dict(out=args.out, counts=counts, wall_s=round(time.time() - t0, 1))))
+
+
+def _add_train_attrnet(sub):
+    p = sub.add_parser("train-attrnet", help="train the attribute network on a built data set", formatter_class=_FMT)
+    p.add_argument("--data", default="data/synth", help="data set root (from `build`)")
+    p.add_argument("--out", default="e4e/synth/assets/attrnet.pt",
+                   help="weights file; provenance goes beside it (.json)")
+    p.add_argument("--steps", type=int, default=1500, help="optimisation steps")
+    p.add_argument("--batch", type=int, default=64, help="batch size")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    p.set_defaults(func=_run_train_attrnet)
+
+
+def _run_train_attrnet(args):
+    import torch
+
+    from e4e.synth.attrnet import train_attrnet
+
+    torch.set_num_threads(args.threads)
+    metrics = train_attrnet(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr,
+                            seed=args.seed, device=args.device,
+                            command=" ".join(["python -m experiments.synth", *sys.argv[1:]]))
+    print(json.dumps(metrics, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with this module's subcommands and any registered by extensions."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub)
+    _add_train_attrnet(sub)
+    for name in _EXTENSIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as e:
+            if e.name != name:  # the module exists but one of its imports failed: say so
+                raise
+            continue
+        if hasattr(mod, "add_cli"):
+            mod.add_cli(sub)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
