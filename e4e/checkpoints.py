@@ -1,0 +1,392 @@
+"""Loaders for every checkpoint format the e4e pipeline meets (DESIGN.md §2-3), all read with
+``torch.load(weights_only=True)``:
+
+* rosinality StyleGAN2 files (``{'g_ema', 'latent_avg'?}``, e.g. stylegan2-ffhq-config-f.pt) and
+  rosinality training checkpoints (``g``, ``d``, ``g_ema``, optimisers, ``args`` = a pickled
+  ``argparse.Namespace``, read through an allow-list). Size, style_dim, n_mlp and the channel
+  table are inferred from the tensors; ``load_state_dict(strict=True)``.
+* official e4e / pSp / ReStyle encoder files (``state_dict`` with ``encoder.``/``decoder.``
+  prefixes, ``opts`` in any of the three schemas, ``latent_avg``): the method comes from the keys
+  (+ ``opts.encoder_type`` to tell e4e from pSp), the architecture and the number of W+ rows from
+  the tensors, never from ``opts``.
+* this project's inverter files (``save_inverter``), format ``e4e-lab-inverter``::
+
+    {'format': 'e4e-lab-inverter', 'version': 1, 'method': 'e4e' | 'psp' | ...,
+     'encoder_kwargs': {...},    # EncoderBase.config(): rebuilds the encoder architecture
+     'inverter_kwargs': {...},   # input_size, n_iters (ReStyle)
+     'progressive_stage': int | 'inference' | None,
+     'generator_config': {...},  # Generator.config() (informative; rebuilt from the tensors)
+     'encoder': state_dict, 'decoder': state_dict (rosinality keys), 'latent_avg': [n_latent, D],
+     'config': dict | None, 'extra': dict | None}   # plain containers only
+
+Any other file gets one clear error: missing (FileNotFoundError / WeightsMissingError), not a
+PyTorch file or truncated (ValueError "not a PyTorch checkpoint"), or the wrong kind ("this is a
+... checkpoint, use ...").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from e4e import weights
+from e4e.inverter import Inverter, get_inverter
+from e4e.models.stylegan2 import Generator, default_channels
+
+INVERTER_FORMAT = "e4e-lab-inverter"
+TRAIN_FORMAT = "e4e-lab-train"
+SAFE_GLOBALS = (argparse.Namespace,)
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_path(path) -> Path:
+    """An existing file, or a key of the weights registry (``e4e.weights``) resolved on disk."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if isinstance(path, str) and path in weights.REGISTRY:
+        return weights.require(path)
+    raise FileNotFoundError(f"checkpoint file not found: {p.resolve() if not p.is_absolute() else p}")
+
+
+def _looks_like_torch_file(p: Path) -> bool:
+    with open(p, "rb") as f:
+        head = f.read(4)
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"  # zip (torch>=1.6) or legacy pickle
+
+
+def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Any:
+    """``torch.load(weights_only=True)``; a pickled ``argparse.Namespace`` (rosinality ``args``) is
+    allowed through ``torch.serialization.safe_globals``. Other Python objects need
+    ``allow_pickle=True`` (only for files you trust)."""
+    p = resolve_path(path)
+    if not _looks_like_torch_file(p):
+        raise ValueError(f"{p}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle)")
+    try:
+        try:
+            return torch.load(p, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            unsafe = _unsafe_globals(p, e)
+            if not unsafe:  # not a disallowed-global failure: a broken pickle stream
+                raise
+            allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+            if unsafe and unsafe <= allowed:
+                with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+                    return torch.load(p, map_location=map_location, weights_only=True)
+            if allow_pickle:
+                return torch.load(p, map_location=map_location, weights_only=False)
+            raise ValueError(f"{p}: the checkpoint pickles Python objects {sorted(unsafe) or '(unknown)'}; "
+                             "pass allow_pickle=True only if you trust the file") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, KeyError, pickle.UnpicklingError) as e:
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ValueError(f"{p}: not a PyTorch checkpoint, or a truncated/corrupt one "
+                         f"({type(e).__name__}: {first})") from None
+
+
+def _unsafe_globals(p: Path, err: Exception) -> set[str]:
+    try:
+        return set(torch.serialization.get_unsafe_globals_in_checkpoint(p))
+    except Exception:  # legacy (non-zip) files: read the names from the message
+        return set(re.findall(r"GLOBAL ([\w.]+)", str(err)))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint kinds and wrong-kind errors
+# ---------------------------------------------------------------------------------------------
+def _is_mapping(obj) -> bool:
+    return isinstance(obj, dict)
+
+
+KINDS: list[tuple[str, Callable[[dict], bool]]] = [
+    (INVERTER_FORMAT, lambda o: o.get("format") == INVERTER_FORMAT),
+    (TRAIN_FORMAT, lambda o: o.get("format") == TRAIN_FORMAT),
+    ("official_inverter", lambda o: _is_mapping(o.get("state_dict"))
+     and any(str(k).startswith("encoder.") for k in o["state_dict"])),
+    ("generator", lambda o: "g_ema" in o or ("style.1.weight" in o and "input.input" in o)),
+    ("arcface", lambda o: "input_layer.0.weight" in o and "output_layer.3.weight" in o),
+]
+KIND_HELP = {
+    INVERTER_FORMAT: "an e4e-lab inverter checkpoint, use e4e.checkpoints.load_inverter",
+    "official_inverter": "an encoder (e4e / pSp / ReStyle) checkpoint, use e4e.checkpoints.load_inverter",
+    TRAIN_FORMAT: "an e4e-lab training (resume) checkpoint; use load_inverter on the inverter.pt / "
+                  "best_inverter.pt written next to it",
+    "generator": "a StyleGAN2 generator checkpoint, use e4e.checkpoints.load_generator",
+    "arcface": "an IR-SE-50 ArcFace checkpoint (model_ir_se50.pth), use e4e.identity / "
+               "e4e.models.backbones.Backbone",
+}
+
+
+def checkpoint_kind(obj) -> str:
+    if not _is_mapping(obj):
+        return "unknown"
+    return next((name for name, test in KINDS if test(obj)), "unknown")
+
+
+def _wrong_kind(path, kind: str, wanted: str, obj) -> ValueError:
+    if kind == "unknown":
+        keys = sorted(map(str, obj))[:8] if _is_mapping(obj) else type(obj).__name__
+        return ValueError(f"{path}: not a {wanted} checkpoint this harness knows (top-level keys: {keys})")
+    return ValueError(f"{path}: this is {KIND_HELP[kind]} (not a {wanted} checkpoint)")
+
+
+# ---------------------------------------------------------------------------------------------
+# building modules from state dicts
+# ---------------------------------------------------------------------------------------------
+def materialize(factory: Callable[[], nn.Module], state_dict: dict, what: str = "model") -> nn.Module:
+    """Construct on the meta device (no random init) and assign ``state_dict`` with strict keys."""
+    with torch.device("meta"):
+        module = factory()
+    sd = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state_dict.items()}
+    try:
+        module.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"{what}: state dict does not match the architecture inferred from it:\n{e}") from None
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{what}: tensors missing from the checkpoint: {left[:6]}")
+    return module
+
+
+def _indices(sd: dict, pattern: str) -> list[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in sd if (m := rx.fullmatch(k))})
+
+
+def generator_config(sd: dict) -> dict:
+    """Generator constructor arguments from a rosinality ``g_ema`` state dict."""
+    missing = [k for k in ("style.1.weight", "input.input", "conv1.conv.weight") if k not in sd]
+    if missing:
+        raise ValueError(f"not a rosinality StyleGAN2 generator state dict (missing {missing})")
+    n_mlp = len(_indices(sd, r"style\.(\d+)\.weight"))
+    n_convs = len(_indices(sd, r"convs\.(\d+)\.conv\.weight"))
+    size = 2 ** (n_convs // 2 + 2)
+    channels = {4: int(sd["conv1.conv.weight"].shape[1])}
+    for i in range(n_convs // 2):
+        channels[2 ** (i + 3)] = int(sd[f"convs.{2 * i}.conv.weight"].shape[1])
+    cm = next((m for m in (1, 2, 4) if all(default_channels(m)[r] == c for r, c in channels.items())), None)
+    return {"size": size, "style_dim": int(sd["style.1.weight"].shape[1]), "n_mlp": n_mlp,
+            "channel_multiplier": cm or 2, "channels": channels}
+
+
+def generator_from_state_dict(sd: dict, what: str = "generator") -> Generator:
+    cfg = generator_config(sd)
+    return materialize(lambda: Generator(**cfg), sd, what)
+
+
+def load_generator(path, device="cpu", allow_pickle: bool = False) -> Generator:
+    """A rosinality StyleGAN2 generator (``g_ema``), strict keys. ``latent_avg`` of the file (if
+    any) is attached as the plain attribute ``generator.latent_avg`` (else None)."""
+    obj = load_checkpoint(path, allow_pickle)
+    kind = checkpoint_kind(obj)
+    if kind != "generator":
+        raise _wrong_kind(path, kind, "StyleGAN2 generator", obj)
+    sd = obj["g_ema"] if "g_ema" in obj else obj
+    g = generator_from_state_dict(sd, f"{path} (g_ema)")
+    la = obj.get("latent_avg") if "g_ema" in obj else None
+    g.latent_avg = la.float().to(device) if torch.is_tensor(la) else None
+    return g.to(device)
+
+
+def _plain(obj):
+    """Containers of primitives only (so files stay loadable with weights_only=True)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    return obj
+
+
+def _atomic_save(obj, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_generator(g: Generator, path, latent_avg: torch.Tensor | None = None, extra: dict | None = None) -> Path:
+    """Rosinality format ``{'g_ema': state_dict, 'latent_avg'?: tensor, **extra}``."""
+    ck = {k: v for k, v in _plain(extra or {}).items() if k not in ("g_ema", "latent_avg")}
+    ck["g_ema"] = {k: v.detach().cpu() for k, v in g.state_dict().items()}
+    if latent_avg is None:
+        latent_avg = getattr(g, "latent_avg", None)
+    if latent_avg is not None:
+        ck["latent_avg"] = latent_avg.detach().cpu()
+    return _atomic_save(ck, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# inverters
+# ---------------------------------------------------------------------------------------------
+def _registry():
+    """Import the modules that register the encoder inverters."""
+    import baselines.restyle  # noqa: F401
+    import e4e.models.encoders  # noqa: F401
+
+
+def save_inverter(inverter: Inverter, path, extra: dict | None = None, config: dict | None = None) -> Path:
+    """Write this project's inverter format (see the module docstring)."""
+    enc = inverter.encoder
+    ck = {"format": INVERTER_FORMAT, "version": 1, "method": inverter.method,
+          "encoder_kwargs": _plain(enc.config()), "inverter_kwargs": _plain(inverter.inverter_config()),
+          "progressive_stage": getattr(enc, "progressive_stage", None),
+          "generator_config": _plain(inverter.decoder.config()),
+          "encoder": {k: v.detach().cpu() for k, v in enc.state_dict().items()},
+          "decoder": {k: v.detach().cpu() for k, v in inverter.decoder.state_dict().items()},
+          "latent_avg": inverter.latent_avg.detach().cpu(), "config": _plain(config), "extra": _plain(extra)}
+    return _atomic_save(ck, path)
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+ENCODER_TYPES = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp",
+                 "BackboneEncoderUsingLastLayerIntoW": "w_encoder",
+                 "BackboneEncoder": "restyle_psp", "ResNetBackboneEncoder": "restyle_psp",
+                 "ProgressiveBackboneEncoder": "restyle_e4e", "ResNetProgressiveBackboneEncoder": "restyle_e4e"}
+E4E_OPTS = ("progressive_steps", "progressive_start", "w_discriminator_lambda", "delta_norm_lambda")
+FAMILY = {"pyramid": ("e4e", "psp"), "single": ("w_encoder",), "restyle": ("restyle_e4e", "restyle_psp")}
+
+
+def _family(enc: dict) -> str:
+    if "latlayer1.weight" in enc:
+        return "pyramid"
+    if "linear.weight" in enc and "styles.0.linear.weight" not in enc:
+        return "single"
+    if "styles.0.linear.weight" in enc:
+        return "restyle"
+    raise ValueError("encoder keys match no known encoder (no latlayer1 / styles / linear)")
+
+
+def detect_method(enc: dict, opts: dict) -> str:
+    """Method of an official checkpoint: the family from the keys, e4e-vs-pSp flavour from ``opts``."""
+    family = _family(enc)
+    from_type = ENCODER_TYPES.get(str(opts.get("encoder_type", "")))
+    if from_type is not None:
+        if from_type not in FAMILY[family]:
+            raise ValueError(f"opts.encoder_type={opts['encoder_type']!r} contradicts the encoder keys ({family})")
+        return from_type
+    progressive = any(k in opts for k in E4E_OPTS)
+    return {"pyramid": "e4e" if progressive else "psp", "single": "w_encoder",
+            "restyle": "restyle_e4e" if progressive else "restyle_psp"}[family]
+
+
+def encoder_kwargs_from_state_dict(enc: dict, n_latent: int) -> dict:
+    """Architecture of an encoder state dict (backbone, width, blocks per stage, map2style sizes)."""
+    if "conv1.weight" in enc:
+        backbone, stem, marker = "resnet34", enc["conv1.weight"], "downsample.0.weight"
+    elif "input_layer.0.weight" in enc:
+        se = any(k.endswith("res_layer.5.fc1.weight") for k in enc)
+        backbone, stem, marker = ("ir_se50" if se else "ir50"), enc["input_layer.0.weight"], "shortcut_layer.0.weight"
+    else:
+        raise ValueError("encoder has neither an IR-SE input_layer nor a ResNet conv1")
+    blocks = _indices(enc, r"body\.(\d+)\..*")
+    starts = [0] + [i for i in blocks if f"body.{i}.{marker}" in enc and i > 0]
+    if len(starts) != 4:
+        raise ValueError(f"cannot split the encoder body into 4 stages (stage starts {starts})")
+    units = [b - a for a, b in zip(starts, starts[1:] + [len(blocks)])]
+    kw = {"n_latent": n_latent, "input_nc": int(stem.shape[1]), "backbone": backbone,
+          "width": stem.shape[0] / 64, "units": units}
+    if "styles.0.linear.weight" in enc:
+        n_convs = len(_indices(enc, r"styles\.0\.convs\.(\d+)\.weight"))
+        kw.update(style_dim=int(enc["styles.0.linear.weight"].shape[0]),
+                  block_ch=int(enc["styles.0.convs.0.weight"].shape[0]), input_size=16 * 2 ** n_convs)
+    else:
+        kw.update(style_dim=int(enc["linear.weight"].shape[0]))
+    return kw
+
+
+def _input_size(opts: dict, arch_size: int):
+    """Encoder input size: official cars transforms resize to 192x256, everything else 256."""
+    return (192, 256) if "car" in str(opts.get("dataset_type", "")) else arch_size
+
+
+def _build_inverter(method, enc_kwargs, enc_sd, dec_sd, latent_avg, inv_kwargs, path, stage=None) -> Inverter:
+    _registry()
+    from e4e.models.encoders import build_encoder
+
+    generator = generator_from_state_dict(dec_sd, f"{path} (decoder)")
+    encoder = materialize(lambda: build_encoder(method, **enc_kwargs), enc_sd, f"{path} (encoder, {method})")
+    if stage is not None and hasattr(encoder, "set_progressive_stage"):
+        encoder.set_progressive_stage(stage)
+    inv = get_inverter(method)(generator, latent_avg=latent_avg, encoder=encoder, **inv_kwargs)
+    return inv.eval()
+
+
+def _official_inverter(obj: dict, path, method: str | None) -> Inverter:
+    sd = obj["state_dict"]
+    enc, dec = _strip(sd, "encoder."), _strip(sd, "decoder.")
+    opts = obj.get("opts") or {}
+    opts = vars(opts) if isinstance(opts, argparse.Namespace) else dict(opts)
+    method = method or detect_method(enc, opts)
+    la = obj.get("latent_avg")
+    gen_size = generator_config(dec)["size"]
+    n_gen = 2 * (gen_size.bit_length() - 1) - 2
+    if torch.is_tensor(la) and la.ndim == 2 and la.shape[0] > 1:
+        n_latent = int(la.shape[0])
+    elif "styles.0.linear.weight" in enc:
+        n_latent = len(_indices(enc, r"styles\.(\d+)\.linear\.weight"))
+    else:
+        n_latent = n_gen
+    if n_latent != n_gen:
+        raise ValueError(f"{path}: encoder has {n_latent} W+ rows but its decoder needs {n_gen}")
+    kw = encoder_kwargs_from_state_dict(enc, n_latent)
+    inv_kwargs = {"input_size": _input_size(opts, kw.get("input_size", 256))}
+    if method.startswith("restyle_"):
+        inv_kwargs["n_iters"] = int(opts.get("n_iters_per_batch", 5))
+    if torch.is_tensor(la):
+        la = la.float().reshape(-1, la.shape[-1]).expand(n_latent, -1).clone()
+    return _build_inverter(method, kw, enc, dec, la, inv_kwargs, path)
+
+
+def _own_inverter(obj: dict, path) -> Inverter:
+    inv_kwargs = dict(obj.get("inverter_kwargs") or {})
+    if isinstance(inv_kwargs.get("input_size"), list):
+        inv_kwargs["input_size"] = tuple(inv_kwargs["input_size"])
+    return _build_inverter(obj["method"], dict(obj["encoder_kwargs"]), obj["encoder"], obj["decoder"],
+                           obj["latent_avg"].float(), inv_kwargs, path, obj.get("progressive_stage"))
+
+
+def load_inverter(path, device="cpu", allow_pickle: bool = False, method: str | None = None) -> Inverter:
+    """An Inverter from an official e4e / pSp / ReStyle file or this project's format, in eval mode.
+    ``method`` overrides the detection for official files whose ``opts`` are missing."""
+    obj = load_checkpoint(path, allow_pickle)
+    kind = checkpoint_kind(obj)
+    loaders = {INVERTER_FORMAT: lambda: _own_inverter(obj, path),
+               "official_inverter": lambda: _official_inverter(obj, path, method)}
+    if kind not in loaders:
+        raise _wrong_kind(path, kind, "inverter (encoder)", obj)
+    return loaders[kind]().to(device)
+
+
+def init_encoder_from_irse50(encoder: nn.Module, path=None, generator: torch.Generator | None = None) -> nn.Module:
+    """Official encoder initialisation for faces: copy ``model_ir_se50.pth`` into ``input_layer`` and
+    ``body`` (extra input channels N(0,1), as pSp/ReStyle do for 6-channel inputs)."""
+    from e4e.models.backbones import expand_input_channels
+
+    sd = load_checkpoint(weights.require("ir_se50", path))
+    own = encoder.state_dict()
+    trunk = {k: v for k, v in sd.items() if k.split(".")[0] in ("input_layer", "body") and k in own}
+    w = trunk.get("input_layer.0.weight")
+    if w is not None and w.shape[1] != own["input_layer.0.weight"].shape[1]:
+        trunk["input_layer.0.weight"] = expand_input_channels(w, own["input_layer.0.weight"].shape[1], generator)
+    bad = [k for k, v in trunk.items() if v.shape != own[k].shape]
+    if bad or not trunk:
+        raise ValueError(f"{path or 'model_ir_se50.pth'}: does not fit the encoder trunk (e.g. {bad[:4]}); "
+                         "use the full-width IR-SE-50 encoder")
+    encoder.load_state_dict(trunk, strict=False)
+    return encoder
