@@ -1,0 +1,248 @@
+"""Evaluate an inverter with the registered metrics (``metrics.registry``) and log them to MLflow.
+
+    python -m experiments.evaluate --checkpoint runs/synth/e4e/best_inverter.pt --data data/synth/test \\
+        --metrics l2,msssim,swd,latent_dist_w,lec_smile_3
+    python -m experiments.evaluate --run <mlflow run id> --data data/synth/test --metrics l2,lpips_alex
+
+``--run`` loads the checkpoint named by the run's ``checkpoint`` tag and logs into that run;
+``--checkpoint`` alone logs into a new run of the domain's experiment (``--no-mlflow``: print only).
+Metrics are logged with ``log_batch`` as ``<prefix><name>`` (default prefix ``test/``, as the grid);
+per-image values go to the artifact ``eval/per_image.csv`` and all values to ``eval/metrics.json``.
+A metric that cannot be computed here (missing weights, no direction, no face) is recorded as the tag
+``unavailable.<metric>`` with the reason and never as a number.
+
+Library use (the grid runner calls this):
+    values, per_image, unavailable = evaluate(inverter, images, ["l2", "swd"], batch_size=8)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterable
+
+DEFAULT_PREFIX = "test/"
+
+
+# =============================================================================================
+# library
+# =============================================================================================
+def evaluate(inverter, images, metric_names: Iterable[str], ctx_kwargs: dict | None = None,
+             **kwargs) -> tuple[dict[str, float], dict[str, list[float]], dict[str, str]]:
+    """Run ``metric_names`` on ``images`` ([N,3,H,W] in [-1,1] or an iterable of batches).
+
+    ``ctx_kwargs`` and keyword arguments that are ``EvalContext`` fields (batch_size, device, domain,
+    directions, data_path, seed, progress) configure the context; any other keyword is a metric
+    option (``ctx.options``: edit_strength, swd_seed, latent_n_ref, ...). Images are inverted once.
+    Returns (values, per_image, unavailable: metric -> reason)."""
+    from metrics.registry import EvalContext, MetricUnavailable, get_metric
+
+    ctx_fields = {f.name for f in fields(EvalContext)} - {"inverter", "images", "cache"}
+    merged = {**(ctx_kwargs or {}), **kwargs}
+    ctx_args = {k: v for k, v in merged.items() if k in ctx_fields}
+    options = {**ctx_args.pop("options", {}), **{k: v for k, v in merged.items() if k not in ctx_fields}}
+    if ctx_args.get("device") is None:
+        ctx_args["device"] = _inverter_device(inverter)
+    ctx = EvalContext(inverter, images, options=options, **ctx_args)
+    names = list(dict.fromkeys(n.strip() for n in metric_names if n and n.strip()))
+    fns = {n: get_metric(n) for n in names}  # unknown names fail before any work
+    values: dict[str, float] = {}
+    per_image: dict[str, list[float]] = {}
+    unavailable: dict[str, str] = {}
+    for name in ctx._progress(names, "metrics", len(names)):
+        try:
+            res = fns[name](ctx)
+        except MetricUnavailable as exc:
+            unavailable[name] = exc.reason
+            continue
+        values.update({k: float(v) for k, v in res.values.items()})
+        per_image.update(res.per_image or {})
+    return values, per_image, unavailable
+
+
+def _inverter_device(inverter):
+    import torch
+
+    p = next(iter(inverter.parameters()), None) if hasattr(inverter, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+# =============================================================================================
+# images
+# =============================================================================================
+def load_images(folder: str | Path, domain: str = "synth", n: int | None = None, size=None):
+    """The first ``n`` images of ``folder`` (sorted) with the domain's test transform
+    (``e4e.data.ImageFolderDataset``: resized to the domain's encoder input, e.g. 256x256 faces,
+    192x256 cars, 64x64 synth) or to ``size`` when given. [N,3,H,W] in [-1, 1]."""
+    import torch
+    from e4e.data import ImageFolderDataset
+
+    ds = ImageFolderDataset(folder, size=size, domain=None if size else domain)
+    count = min(len(ds), n) if n else len(ds)
+    return torch.stack([ds[i] for i in range(count)]).float()
+
+
+def default_data_dir(domain: str, split: str = "test") -> Path:
+    """``$E4E_DATA/<domain>/<split>`` (default root ``data``), where ``experiments.synth build`` writes."""
+    import os
+
+    return Path(os.environ.get("E4E_DATA", "data")) / domain / split
+
+
+def load_test_images(domain: str, n: int | None = None, split: str = "test"):
+    """The domain's ``<split>`` images from ``default_data_dir`` (the grid evaluates on these)."""
+    from e4e.data import get_domain
+
+    get_domain(domain)  # unknown domain -> KeyError listing the known ones
+    folder = default_data_dir(domain, split)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no {split} images for domain {domain!r}: {folder} does not exist "
+                                f"(synth: python -m experiments.synth build --out {folder.parent})")
+    return load_images(folder, domain, n)
+
+
+# =============================================================================================
+# MLflow
+# =============================================================================================
+def log_results(client, run_id: str, values: dict, per_image: dict, unavailable: dict, prefix: str = DEFAULT_PREFIX,
+                extra: dict | None = None) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    ts = int(time.time() * 1000)
+    metrics = [Metric(prefix + k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)]
+    tags = [RunTag(f"unavailable.{k}", str(v)[:4000]) for k, v in unavailable.items()]
+    for i in range(0, max(len(metrics), 1), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        write_outputs(Path(tmp), values, per_image, unavailable, extra)
+        client.log_artifacts(run_id, tmp, "eval")
+
+
+def write_outputs(out: Path, values: dict, per_image: dict, unavailable: dict, extra: dict | None = None) -> None:
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"values": values, "unavailable": unavailable, **(extra or {})},
+                                                 indent=1, default=str))
+    n = max((len(v) for v in per_image.values()), default=0)
+    frame = pd.DataFrame({k: list(v) + [float("nan")] * (n - len(v)) for k, v in per_image.items()})
+    frame.to_csv(out / "per_image.csv", index_label="image")
+
+
+def format_table(values: dict, unavailable: dict) -> str:
+    rows = [(k, f"{v:.6g}") for k, v in sorted(values.items())] + \
+           [(k, f"unavailable: {r.splitlines()[0][:100]}") for k, r in sorted(unavailable.items())]
+    width = max([len("metric")] + [len(k) for k, _ in rows])
+    return "\n".join([f"{'metric':<{width}}  value", f"{'-' * width}  -----"] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+# =============================================================================================
+# CLI
+# =============================================================================================
+def _kv(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SystemExit(f"{what} must be key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="inverter checkpoint (official e4e / pSp / ReStyle or this project's)")
+    src.add_argument("--run", help="MLflow run id: its 'checkpoint' tag is evaluated and metrics are logged to it")
+    p.add_argument("--data", required=True, help="folder of (aligned) test images")
+    p.add_argument("--metrics", default="l2,msssim,swd",
+                   help="comma-separated metric names (default: %(default)s); --list shows them")
+    p.add_argument("--domain", default="synth", help="domain (directions, transforms; default: %(default)s)")
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+                   help="resize images to PX (or H W) instead of the domain's encoder input size")
+    p.add_argument("--n-images", type=int, default=None, help="evaluate the first N images (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of SWD / reference samples (default: %(default)s)")
+    p.add_argument("--direction", action="append", default=[], metavar="NAME=FILE",
+                   help="editing direction file for lec_<NAME>_* / edit_<NAME> (repeatable)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="metric option, e.g. edit_strength=3 latent_n_ref=10000 (repeatable)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="experiment for a new run with --checkpoint (default: the domain)")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="metric key prefix (default: %(default)s)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log anything to MLflow")
+    p.add_argument("--out", default=None, help="also write metrics.json / per_image.csv into this folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--list", action="store_true", help="list the metric names and exit")
+    return p
+
+
+def _checkpoint_of_run(client, run_id: str) -> str:
+    tags = client.get_run(run_id).data.tags
+    for key in ("checkpoint", "best_checkpoint", "final_checkpoint"):
+        if tags.get(key):
+            return tags[key]
+    raise SystemExit(f"run {run_id} has no 'checkpoint' tag; pass --checkpoint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--list" in argv:
+        from metrics.registry import describe_metrics
+
+        for name, doc in describe_metrics():
+            print(f"{name:<40} {doc}")
+        return 0
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from e4e import editing, tracking
+    from e4e.checkpoints import load_inverter
+
+    client = None if args.no_mlflow else tracking.get_client(args.tracking_uri)
+    ckpt = args.checkpoint or _checkpoint_of_run(client or tracking.get_client(args.tracking_uri), args.run)
+    inverter = load_inverter(ckpt, device=args.device).eval()
+    size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
+    images = load_images(args.data, args.domain, args.n_images, size=size)
+    directions = {k: editing.load_direction(v) for k, v in _kv(args.direction, "--direction").items()}
+    options = {k: _parse_value(v) for k, v in _kv(args.option, "--option").items()}
+    names = [n for n in args.metrics.split(",") if n.strip()]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        values, per_image, unavailable = evaluate(
+            inverter, images, names, batch_size=args.batch_size, device=args.device, domain=args.domain,
+            directions=directions, data_path=str(Path(args.data).resolve()), seed=args.seed,
+            progress=not args.no_progress, **options)
+    extra = {"checkpoint": str(ckpt), "data": str(args.data), "n_images": int(images.shape[0]),
+             "metrics": names, "seconds": round(time.perf_counter() - t0, 2)}
+    print(format_table(values, unavailable))
+    if args.out:
+        write_outputs(Path(args.out), values, per_image, unavailable, extra)
+    if client is not None:
+        run_id = args.run
+        if run_id is None:
+            exp_id = tracking.get_or_create_experiment(client, args.experiment or args.domain)
+            run_id = client.create_run(exp_id, run_name="evaluate", tags={"checkpoint": str(ckpt)}).info.run_id
+        log_results(client, run_id, values, per_image, unavailable, args.prefix, extra)
+        if args.run is None:
+            client.set_terminated(run_id)
+        print(f"logged to MLflow run {run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

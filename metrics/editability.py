@@ -1,0 +1,113 @@
+"""Ground-truth editability on the synth domain (beyond the paper, DESIGN.md §4): the paper could only
+ask users whether edits of inverted real images look right; on synth an attribute network measures it.
+
+``edit_<attr>`` (e.g. ``edit_smile``): the InterFaceGAN direction d of ``attr`` (unit vector in W,
+``ctx.directions[attr]`` or the domain's direction file), strength s (``options['edit_strength']``,
+default 3). For each test image: inversion y0 = G(E(x)), edit y1 = G(E(x) + s*d) (constant noise),
+attributes a = AttrNet(.) in the attribute's own units, delta = a(y1) - a(y0). The same edit is applied
+to ``options['edit_n_ref']`` (default 256) seeded generator samples w = mapping(z): the in-domain
+reference, where editing works as well as it can.
+- ``edit_<attr>_gain_raw``: mean delta_target / s (attribute units per unit of latent step);
+  ``edit_<attr>_gain_ref``: the same on generator samples; ``edit_<attr>_gain`` = raw / ref
+  (1 = the edit of an inverted real image is as effective as on the generator's own samples).
+- ``edit_<attr>_leak``: mean over images of the mean over the other attributes of |delta_k| / std_k
+  (std of attribute k over the reference samples); ``edit_<attr>_leak_ref`` on the reference.
+- ``edit_<attr>_id``: cosine similarity of AttrNet penultimate features of y0 and y1 (identity
+  drift; the target attribute changes these features too, so compare with ``edit_<attr>_id_ref``).
+Per image: ``edit_<attr>_gain_raw``, ``edit_<attr>_leak``, ``edit_<attr>_id``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from e4e.editing import direction_offset
+from metrics.lec import resolve_direction
+from metrics.registry import EvalContext, MetricResult, register_metric, resize_like, unavailable_on_missing
+
+
+class AttributeProbe:
+    """AttrNet wrapper: attributes [B,K] (original units) and L2-normalised features [B,F]."""
+
+    def __init__(self, net, names: tuple[str, ...]):
+        self.net, self.names = net.eval(), tuple(names)
+
+    @torch.no_grad()
+    def __call__(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x).float().cpu(), F.normalize(self.net.features(x).flatten(1).float(), dim=1).cpu()
+
+    def index(self, attr: str) -> int:
+        if attr not in self.names:
+            raise KeyError(f"unknown synth attribute {attr!r}; the attribute net measures: {', '.join(self.names)}")
+        return self.names.index(attr)
+
+
+def load_probe(device="cpu") -> AttributeProbe:
+    from e4e.synth import attrnet
+
+    net = attrnet.load_attrnet(device=device)
+    return AttributeProbe(net, getattr(net, "ATTRIBUTES", None) or attrnet.ATTRIBUTES)
+
+
+@torch.no_grad()
+def edit_effect(probe: AttributeProbe, generate, codes_batches, offset: torch.Tensor, strength: float, hw=None):
+    """(delta [N,K], cosine [N], attributes before [N,K]) of the edit ``+ strength*offset``."""
+    deltas, cosines, before = [], [], []
+    for codes in codes_batches:
+        off = offset.to(codes)
+        y0, y1 = generate(codes), generate(codes + strength * off)
+        if hw is not None:
+            y0, y1 = resize_like(y0, hw), resize_like(y1, hw)
+        (a0, f0), (a1, f1) = probe(y0), probe(y1)
+        deltas.append(a1 - a0)
+        cosines.append((f0 * f1).sum(1))
+        before.append(a0)
+    return torch.cat(deltas), torch.cat(cosines), torch.cat(before)
+
+
+@torch.no_grad()
+def reference_samples(generator, n: int, seed: int, batch: int = 64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dev = next(generator.parameters()).device
+    z = torch.randn(n, generator.style_dim, generator=g)
+    return [generator.mapping(c.to(dev)).unsqueeze(1).repeat(1, generator.n_latent, 1) for c in z.split(batch)]
+
+
+def _leak(delta: torch.Tensor, std: torch.Tensor, target: int) -> torch.Tensor:
+    others = [k for k in range(delta.shape[1]) if k != target]
+    if not others:
+        return torch.zeros(delta.shape[0])
+    return (delta[:, others].abs() / std[others].clamp_min(1e-8)).mean(1)
+
+
+@register_metric("edit_<attr>", needs=("inversions", "generator", "attrnet", "directions"))
+def edit_attr(ctx: EvalContext, attr: str) -> MetricResult:
+    """Ground-truth editability of attribute ``attr``: gain vs in-domain reference, leakage, identity."""
+    with unavailable_on_missing(f"edit_{attr}"):
+        probe = ctx.cached("attr_probe", lambda: load_probe(ctx.device))
+    target = probe.index(attr)
+    direction = resolve_direction(ctx, attr)
+    s = float(ctx.option("edit_strength", 3.0))
+    inv = ctx.inversions()
+    offset = direction_offset(direction, inv[0].codes.shape[1], inv[0].codes.shape[2])
+    gen = ctx.generator
+    generate = lambda w: gen.synthesis(w, noise_mode="const")  # noqa: E731
+
+    n_ref = int(ctx.option("edit_n_ref", 256))
+    ref_codes = ctx.cached(f"edit_ref_codes:{n_ref}:{ctx.seed}", lambda: reference_samples(gen, n_ref, ctx.seed))
+    d_ref, cos_ref, a_ref = edit_effect(probe, generate, ref_codes, offset, s)
+    std = a_ref.std(0)
+
+    codes = (b.codes.to(ctx.device) for b in inv)
+    d_inv, cos_inv, _ = edit_effect(probe, ctx.inverter.generate, codes, offset, s, hw=ctx.image_hw)
+
+    gain_raw = d_inv[:, target] / s
+    gain_ref = float(d_ref[:, target].mean()) / s
+    leak, leak_ref = _leak(d_inv, std, target), _leak(d_ref, std, target)
+    p = f"edit_{attr}"
+    values = {f"{p}_gain": float(gain_raw.mean()) / gain_ref if gain_ref != 0 else float("nan"),
+              f"{p}_gain_raw": float(gain_raw.mean()), f"{p}_gain_ref": gain_ref,
+              f"{p}_leak": float(leak.mean()), f"{p}_leak_ref": float(leak_ref.mean()),
+              f"{p}_id": float(cos_inv.mean()), f"{p}_id_ref": float(cos_ref.mean())}
+    per_image = {f"{p}_gain_raw": gain_raw.tolist(), f"{p}_leak": leak.tolist(), f"{p}_id": cos_inv.tolist()}
+    return MetricResult(values, per_image)

@@ -1,0 +1,69 @@
+"""How far inverted codes lie from W: the quantity e4e's two principles control (paper §3-§4: keep
+the W+ rows close to each other and to the distribution of the mapping network's outputs).
+
+``latent_dist_w`` (needs the inverter's generator). Reference: ``n_ref`` (default 10 000,
+``options['latent_n_ref']``) seeded samples w = mapping(z), their mean mu and covariance C.
+- ``latent_dist_w``: for every row w_i of every inverted code, the Mahalanobis distance
+  sqrt((w_i - mu)^T C^-1 (w_i - mu) / D) (PCA-whitened distance per dimension; eigenvalues floored at
+  1e-8 of the largest), averaged over rows and images. ``latent_dist_w_ref`` is the same statistic
+  for 1 000 held-out samples of W (the in-distribution level; about 1), and ``latent_dist_w_row<i>``
+  the mean per row (rows far from W are the ones pSp-like encoders push out).
+- ``latent_dist_w_nn``: Euclidean distance of each row to its nearest reference sample, divided by
+  the mean nearest-neighbour distance of the held-out samples (1 = as close as W itself);
+  ``latent_dist_w_nn_raw`` unnormalised.
+- ``latent_delta_mean``: mean over images and rows i >= 1 of ||w_i - w_0|| (what L_d-reg penalises).
+Per image: ``latent_dist_w`` and ``latent_dist_w_nn`` (means over rows).
+"""
+from __future__ import annotations
+
+import torch
+
+from metrics.registry import EvalContext, MetricResult, register_metric
+
+N_HOLDOUT = 1000
+
+
+@torch.no_grad()
+def w_reference(generator, n_ref: int = 10_000, seed: int = 0, n_holdout: int = N_HOLDOUT) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dev = next(generator.parameters()).device
+    z = torch.randn(n_ref + n_holdout, generator.style_dim, generator=g)
+    w = torch.cat([generator.mapping(c.to(dev)).double().cpu() for c in z.split(4096)])
+    bank, holdout = w[:n_ref], w[n_ref:]
+    mu = bank.mean(0)
+    vals, vecs = torch.linalg.eigh(torch.cov(bank.T))
+    vals = vals.clamp_min(vals.max() * 1e-8)
+    whiten = vecs / vals.sqrt()
+    ref = {"mu": mu, "whiten": whiten, "bank": bank.float()}
+    ref["nn_ref"] = nn_distance(holdout, ref).mean()
+    ref["maha_ref"] = mahalanobis(holdout, ref).mean()
+    return ref
+
+
+def mahalanobis(w: torch.Tensor, ref: dict) -> torch.Tensor:
+    """Per-dimension whitened distance of w [..., D] to the reference mean -> [...]."""
+    z = (w.double() - ref["mu"]) @ ref["whiten"]
+    return z.pow(2).mean(-1).sqrt()
+
+
+def nn_distance(w: torch.Tensor, ref: dict, chunk: int = 2048) -> torch.Tensor:
+    flat = w.reshape(-1, w.shape[-1]).float()
+    d = torch.cat([torch.cdist(c, ref["bank"]).min(1).values for c in flat.split(chunk)])
+    return d.double().reshape(w.shape[:-1])
+
+
+@register_metric("latent_dist_w", needs=("inversions", "generator"))
+def latent_dist_w(ctx: EvalContext) -> MetricResult:
+    """Distance of the inverted W+ rows to the W distribution (Mahalanobis and nearest neighbour)."""
+    n_ref = int(ctx.option("latent_n_ref", 10_000))
+    ref = ctx.cached(f"w_reference:{n_ref}:{ctx.seed}", lambda: w_reference(ctx.generator, n_ref, ctx.seed))
+    codes = ctx.codes().double()  # [N, n_latent, D]
+    maha = mahalanobis(codes, ref)  # [N, n_latent]
+    nn = nn_distance(codes, ref) / ref["nn_ref"]
+    delta = (codes[:, 1:] - codes[:, :1]).norm(dim=-1)
+    values = {"latent_dist_w": float(maha.mean()), "latent_dist_w_ref": float(ref["maha_ref"]),
+              "latent_dist_w_nn": float(nn.mean()), "latent_dist_w_nn_raw": float(nn.mean() * ref["nn_ref"]),
+              "latent_delta_mean": float(delta.mean()) if delta.numel() else 0.0}
+    values.update({f"latent_dist_w_row{i}": float(v) for i, v in enumerate(maha.mean(0))})
+    per_image = {"latent_dist_w": maha.mean(1).tolist(), "latent_dist_w_nn": nn.mean(1).tolist()}
+    return MetricResult(values, per_image)
