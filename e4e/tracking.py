@@ -1,0 +1,186 @@
+"""MLflow helpers shared by the trainer and the CLIs (DESIGN.md §5).
+
+- ``tracking_uri()``: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db`` (artifacts beside it,
+  in ``mlruns/artifacts/<experiment>``).
+- ``flatten_params``: nested dicts -> dotted keys, values stringified (MLflow param limits respected).
+- ``MetricBuffer``: metrics collected in memory and written with ``log_batch`` (sqlite is slow one
+  point at a time). The trainer flushes it together with each checkpoint, so a run killed between
+  checkpoints replays exactly the unflushed steps on resume: every metric step lands exactly once.
+- ``system_tags()``: git sha, torch version, python, host device.
+Nothing here touches MLflow at import time.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MAX_PARAM_LEN = 6000
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def get_client(uri: str | None = None):
+    """An ``MlflowClient`` for ``uri`` (default ``tracking_uri()``); creates the sqlite folder."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def artifact_root_for(uri: str, experiment: str) -> str | None:
+    db = _sqlite_path(uri)
+    if db is None:
+        return None
+    return (db.resolve().parent / "artifacts" / experiment).as_uri()
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri, name))
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten_params(d, prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """Nested dict (or dataclass config) -> {dotted key: string value}."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(d) and not isinstance(d, type):
+        d = dataclasses.asdict(d)
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_params(v, key + sep, sep))
+        else:
+            s = "" if v is None else str(v)
+            out[key] = s[:MAX_PARAM_LEN]
+    return out
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)) for k, v in flatten_params(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, tags=items[i:i + 100])
+
+
+def log_batch(client, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
+              tags: dict[str, Any] | None = None, step: int = 0) -> None:
+    """Metrics (all at ``step``), params and tags in as few ``log_batch`` calls as MLflow allows."""
+    from mlflow.entities import Metric
+
+    if params:
+        log_params(client, run_id, params)
+    if tags:
+        set_tags(client, run_id, tags)
+    if metrics:
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+class MetricBuffer:
+    """Collects (key, value, step) metrics; ``flush`` writes them with ``log_batch`` and empties."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, float, int, int]] = []
+
+    def add(self, key: str, value: float, step: int) -> None:
+        self.rows.append((key, float(value), int(step), int(time.time() * 1000)))
+
+    def add_dict(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.add(k, v, step)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def flush(self, client, run_id: str) -> int:
+        from mlflow.entities import Metric
+
+        n = len(self.rows)
+        metrics = [Metric(k, v, ts, s) for k, v, s, ts in self.rows]
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self.rows.clear()
+        return n
+
+    def discard(self) -> None:
+        self.rows.clear()
+
+
+def git_sha(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip()
+        if out.returncode != 0 or not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd or Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+        return sha + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def system_tags(device) -> dict[str, str]:
+    import torch
+
+    return {"git_sha": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": device_name(device)}
+
+
+def run_status(client, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).info.status
+    except Exception:
+        return None
+
+
+def metric_steps(client, run_id: str, key: str) -> list[int]:
+    """All logged steps of ``key`` (duplicates kept): used by tests and resume checks."""
+    return [m.step for m in client.get_metric_history(run_id, key)]
