@@ -1,0 +1,262 @@
+"""Write the report notebooks (``notebooks/*.ipynb``) from the cell sources below.
+
+    python -m experiments.make_notebooks [--out notebooks]
+
+The notebooks are kept as plain JSON in git (no outputs); this script is their source of truth, so a
+change to a notebook is a change here followed by a re-run. Each notebook only READS MLflow (through
+the read-only helpers in ``experiments.report``) and only WRITES ``$E4E_REPORTS_DIR/figures`` and
+``$E4E_REPORTS_DIR/tables``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SETUP = """\
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from experiments import report as R
+
+URI, EXPERIMENT, OUT = R.tracking_uri(), R.experiment_name(), R.reports_dir()
+print(f"tracking URI: {URI}\\nexperiment:   {EXPERIMENT}\\nreports dir:  {OUT}")
+sns.set_theme(style="whitegrid", context="notebook")
+runs = R.member_runs(EXPERIMENT)
+assert not runs.empty, f"no finished grid members in experiment {EXPERIMENT!r} of {URI}"
+table = R.metric_table(runs)
+print(f"{len(runs)} members: {', '.join(runs.index)}")
+"""
+
+PARAMS_MD = """\
+Parameters come from the environment (set by `python -m experiments.report`): `E4E_TRACKING_URI`
+(or `MLFLOW_TRACKING_URI`), `E4E_EXPERIMENT` (the domain), `E4E_REPORTS_DIR`, optional `E4E_GRID`.
+This notebook only reads MLflow and only writes under the reports directory."""
+
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
+    "01_ablation_table": [
+        ("md", "# Ablation table\n\nDistortion, perception, identity, latent editing consistency (LEC) and "
+               "ground-truth editability for every member of the grid (one row per member: its latest "
+               "finished, evaluated MLflow child run). Arrows: ↓ lower is better, ↑ higher is better.\n\n"
+         + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+R.write_table(table, "ablation_full", OUT, f"Experiment `{EXPERIMENT}`: every logged test metric.")
+main = R.metric_table(runs, detail=False)   # without per-row / per-level / reference breakdowns
+groups = main.attrs["groups"]
+arrow = {m: "↓" if R.LOWER_IS_BETTER.match(m) else "↑" for m in groups}
+full = main.rename(columns={m: f"{m} {arrow[m]}" for m in groups})
+unavailable = {c[len("tags.unavailable."):]: runs[c].dropna().iloc[0]
+               for c in runs.columns if c.startswith("tags.unavailable.") and runs[c].notna().any()}
+caption = (f"Experiment `{EXPERIMENT}`: evaluation on the test set "
+           f"({', '.join(sorted(set(v for v in groups.values() if v)))}).")
+if unavailable:
+    caption += "\\n\\nNot computed on this machine (missing weights or inputs): " + "; ".join(
+        f"`{k}` ({str(v)[:160]})" for k, v in sorted(unavailable.items()))
+R.write_table(full, "ablation", OUT, caption)
+full
+"""),
+        ("md", "## Summary: one number per axis\n\nThe mean over directions / attributes where a metric has "
+               "several (LEC over edit directions, edit gain and leakage over attributes)."),
+        ("code", """\
+summary = R.summary_table(table)
+R.write_table(summary, "ablation_summary", OUT, f"Experiment `{EXPERIMENT}`: one number per axis.")
+summary
+"""),
+    ],
+    "02_tradeoffs": [
+        ("md", "# Trade-offs\n\nThe paper's two trade-offs, one point per member: distortion vs editability "
+               "(LEC, lower = more consistent edits; ground-truth edit gain, higher = edits achieve more "
+               "of the intended change) and distortion vs perception (FID/SWD of the inversions).\n\n"
+         + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+summary = R.summary_table(table)   # one number per axis (means over directions / attributes)
+labels = {"L2 ↓": "L2", "LPIPS ↓": "LPIPS", "FID ↓": "FID", "SWD ↓": "SWD", "LEC ↓": "LEC",
+          "edit gain ↑": "edit gain", "edit leak ↓": "edit leak"}
+data = summary.rename(columns=labels)[["method"] + [v for k, v in labels.items() if k in summary]]
+data = data.reset_index()
+distortions = [c for c in ("L2", "LPIPS") if c in data and data[c].notna().any()]
+data
+"""),
+        ("code", """\
+def scatter(ax, x, y):
+    d = data.dropna(subset=[x, y])
+    sns.scatterplot(data=d, x=x, y=y, hue="method", style="method", s=90, ax=ax, legend=False)
+    for _, r in d.iterrows():
+        ax.annotate(r["member"], (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(f"{y} vs {x}")
+
+def tradeoff_figure(ys, name):
+    pairs = [(x, y) for y in ys for x in distortions if y in data and data[y].notna().any()]
+    if not pairs:
+        print(f"{name}: nothing to plot (metrics missing)")
+        return None
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.5), squeeze=False)
+    for ax, (x, y) in zip(axes[0], pairs):
+        scatter(ax, x, y)
+    ghost = fig.add_axes([0, 0, 0, 0])   # an invisible axis only to get one legend for all panels
+    sns.scatterplot(data=data, x=pairs[0][0], y=pairs[0][1], hue="method", style="method", s=90, ax=ghost)
+    handles, names = ghost.get_legend_handles_labels()
+    ghost.remove()
+    fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), bbox_to_anchor=(0.5, -0.1), frameon=False)
+    fig.tight_layout()
+    print("wrote", R.save_figure(fig, name, OUT))
+    return fig
+
+tradeoff_figure(["LEC", "edit gain"], "tradeoff_distortion_editability")
+plt.show()
+"""),
+        ("code", """\
+tradeoff_figure(["FID", "SWD"], "tradeoff_distortion_perception")
+plt.show()
+"""),
+    ],
+    "03_qualitative": [
+        ("md", "# Qualitative comparison\n\nThe same test inputs for every member: input, inversion, and the "
+               "same edits (identical directions and strengths) applied to each member's codes. Read from "
+               "each child run's `eval/qualitative.npz` artifact.\n\n" + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+panels = {m: R.qualitative(runs.loc[m, "run_id"]) for m in runs.index}
+panels = {m: p for m, p in panels.items() if p is not None}
+print(f"{len(panels)} members with qualitative artifacts")
+assert panels, "no eval/qualitative.npz artifacts"
+columns = ["inversions"] + sorted({k for p in panels.values() for k in p if k.startswith("edit:")})
+n_images = min(p["inputs"].shape[0] for p in panels.values())
+n_images
+"""),
+        ("code", """\
+for i in range(min(n_images, 3)):
+    first = next(iter(panels.values()))
+    cols = ["inputs"] + columns
+    fig, axes = plt.subplots(len(panels), len(cols), figsize=(1.5 * len(cols), 1.5 * len(panels)), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([]); ax.set_yticks([])
+        for sp in ax.spines.values():
+            sp.set_visible(False)
+    for j, col in enumerate(cols):
+        axes[0, j].set_title({"inputs": "input", "inversions": "inversion"}.get(col, col.replace("edit:", "")), fontsize=8)
+    for r, (member, p) in enumerate(panels.items()):
+        axes[r, 0].set_ylabel(member, rotation=0, ha="right", va="center", fontsize=8)
+        for j, col in enumerate(cols):
+            if col in p:
+                axes[r, j].imshow(p[col][i])
+    fig.tight_layout(pad=0.2)
+    print("wrote", R.save_figure(fig, f"qualitative_{i}", OUT))
+    plt.show()
+"""),
+    ],
+    "04_training_curves": [
+        ("md", "# Training curves\n\nEvery curve the trainer logged (losses, validation metrics), one line per "
+               "member. Optimisation baselines have no training curve.\n\n" + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+hist = []
+for m in runs.index:
+    h = R.training_history(runs.loc[m, "run_id"])
+    if not h.empty:
+        hist.append(h.assign(member=m, method=runs.loc[m, "method"]))
+hist = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["key", "step", "value", "member", "method"])
+counts = hist.groupby("key")["member"].nunique().sort_values(ascending=False)
+keys = list(counts.index[:9])
+print(counts.to_string())
+"""),
+        ("code", """\
+if keys:
+    ncol = min(3, len(keys)); nrow = -(-len(keys) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.4 * nrow), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        sns.lineplot(data=hist[hist.key == key], x="step", y="value", hue="member", ax=ax, legend=False, lw=1)
+        ax.set_title(key, fontsize=9); ax.set_ylabel("")
+    for ax in axes.ravel()[len(keys):]:
+        ax.remove()
+    members = list(dict.fromkeys(hist["member"]))
+    pal = sns.color_palette(n_colors=len(members))
+    fig.legend([plt.Line2D([], [], color=c) for c in pal], members, loc="lower center", ncol=min(5, len(members)),
+               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(members) // 5)), frameon=False, fontsize=8)
+    fig.tight_layout()
+    print("wrote", R.save_figure(fig, "training_curves", OUT))
+    plt.show()
+else:
+    print("no training curves logged")
+"""),
+    ],
+    "05_distributions": [
+        ("md", "# Per-image distributions\n\nThe per-image values behind the means of the ablation table "
+               "(`eval/per_image.csv` of each member), one box per member.\n\n" + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+frames = []
+for m in runs.index:
+    df = R.per_image(runs.loc[m, "run_id"])
+    if df is not None:
+        frames.append(df.assign(member=m, method=runs.loc[m, "method"]))
+assert frames, "no eval/per_image.csv artifacts"
+per = pd.concat(frames, ignore_index=True)
+value_cols = [c for c in per.columns if c not in ("member", "method", "image", "index")
+              and pd.api.types.is_numeric_dtype(per[c]) and per[c].notna().any()]
+long = per.melt(id_vars=["member", "method"], value_vars=value_cols, var_name="metric").dropna()
+stats = long.groupby(["metric", "member"])["value"].describe()[["count", "mean", "25%", "50%", "75%"]]
+R.write_table(stats.reset_index().set_index("metric"), "per_image_summary", OUT,
+              f"Experiment `{EXPERIMENT}`: per-image distributions (test set).")
+value_cols
+"""),
+        ("code", """\
+shown = value_cols[:12]
+ncol = min(3, len(shown)); nrow = -(-len(shown) // ncol)
+order = list(runs.index)
+fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 0.28 * len(order) * nrow + 1.5 * nrow), squeeze=False)
+for ax, col in zip(axes.ravel(), shown):
+    d = long[long.metric == col]
+    sns.boxplot(data=d, y="member", x="value", hue="method", order=[o for o in order if o in set(d.member)],
+                ax=ax, fliersize=1.5, linewidth=0.8, legend=False, dodge=False)
+    ax.set_title(col, fontsize=9); ax.set_ylabel(""); ax.set_xlabel("")
+    ax.tick_params(axis="y", labelsize=7)
+for ax in axes.ravel()[len(shown):]:
+    ax.remove()
+fig.tight_layout()
+print("wrote", R.save_figure(fig, "per_image_distributions", OUT))
+plt.show()
+"""),
+    ],
+}
+
+
+def build(out: Path) -> list[Path]:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    makers = {"md": new_markdown_cell, "code": new_code_cell}
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=[makers[kind](src) for kind, src in cells])
+        for i, cell in enumerate(nb.cells):  # stable ids: regenerating gives a clean git diff
+            cell.id = f"{name[:2]}-{i:02d}"
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+        path = out / f"{name}.ipynb"
+        nbformat.validate(nb)
+        nbformat.write(nb, path)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.make_notebooks", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "notebooks"),
+                    help="folder to write the notebooks into")
+    args = ap.parse_args(argv)
+    for p in build(Path(args.out)):
+        print("wrote", p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,398 @@
+"""Regenerate ``reports/`` from MLflow: the read-only helpers the notebooks use, and the CLI that
+executes the notebooks headless.
+
+    python -m experiments.report [--tracking-uri URI] [--experiment synth] [--out reports]
+
+The notebooks in ``notebooks/`` only READ the MLflow store (``mlflow.search_runs`` + artifacts) and
+only WRITE ``<out>/figures/*.png`` and ``<out>/tables/*.{csv,md}``. They are parameterised through
+environment variables, which this CLI sets for the kernel:
+
+- ``E4E_TRACKING_URI`` (else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``),
+- ``E4E_EXPERIMENT`` (the MLflow experiment = the domain, default ``synth``),
+- ``E4E_REPORTS_DIR`` (default ``reports``),
+- ``E4E_GRID`` (optional: only members of that grid).
+
+What the notebooks read is what ``experiments.grid`` writes into each member's child run: metrics
+``test/<name>`` (evaluation on the domain's test set), the training curves the trainer logs, the
+artifacts ``eval/per_image.csv`` and ``eval/qualitative.npz``, and the tags ``grid``, ``member``,
+``method``, ``grid.stage``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_TRACKING_URI", "METRIC_GROUPS", "SUMMARY_COLUMNS", "summarize", "summary_table", "mean_of", "NOTEBOOKS", "TEST_PREFIX", "tracking_uri", "experiment_name",
+    "reports_dir", "grid_filter", "member_runs", "metric_columns", "metric_table", "group_of", "to_markdown",
+    "write_table", "per_image", "qualitative", "training_history", "training_keys", "save_figure",
+    "execute_notebooks", "main",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "synth"
+DEFAULT_REPORTS_DIR = "reports"
+TEST_PREFIX = "test/"          # evaluation metrics logged by experiments.grid
+PER_IMAGE_ARTIFACT = "eval/per_image.csv"
+QUALITATIVE_ARTIFACT = "eval/qualitative.npz"
+STAGE_TAG = "grid.stage"
+DONE = "done"
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = (
+    "01_ablation_table.ipynb",
+    "02_tradeoffs.ipynb",
+    "03_qualitative.ipynb",
+    "04_training_curves.ipynb",
+    "05_distributions.ipynb",
+)
+
+# metric name (without the test/ prefix) -> the paper's axis it measures. First match wins.
+METRIC_GROUPS: dict[str, re.Pattern] = {
+    "distortion": re.compile(r"^(l2|mse|lpips.*|msssim.*)$"),
+    "perception": re.compile(r"^(fid.*|swd.*)$"),
+    "identity": re.compile(r"^id_.*"),
+    "lec": re.compile(r"^lec.*"),
+    "editability": re.compile(r"^edit_.*"),
+    "latent": re.compile(r"^latent_.*"),
+}
+# metrics where lower is better (for the arrows in the table); everything else: higher is better
+LOWER_IS_BETTER = re.compile(r"^(l2|mse|lpips.*|fid.*|swd.*|lec.*|latent_.*|edit_.*_leak.*|edit_.*_drift.*)$")
+
+
+# ------------------------------------------------------------------------------------------------
+# parameters (environment)
+# ------------------------------------------------------------------------------------------------
+def tracking_uri() -> str:
+    return os.environ.get("E4E_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def experiment_name() -> str:
+    return os.environ.get("E4E_EXPERIMENT") or DEFAULT_EXPERIMENT
+
+
+def reports_dir() -> Path:
+    return Path(os.environ.get("E4E_REPORTS_DIR") or DEFAULT_REPORTS_DIR)
+
+
+def grid_filter() -> str | None:
+    return os.environ.get("E4E_GRID") or None
+
+
+def _client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+# ------------------------------------------------------------------------------------------------
+# runs and metrics
+# ------------------------------------------------------------------------------------------------
+def member_runs(experiment: str | None = None, grid: str | None = None, uri: str | None = None,
+                only_done: bool = True) -> pd.DataFrame:
+    """One row per grid member: its latest FINISHED, evaluated child run in ``experiment``.
+
+    Columns are ``mlflow.search_runs``'s (``run_id``, ``status``, ``metrics.*``, ``params.*``,
+    ``tags.*``) plus ``member`` and ``method``; the index is the member name, in grid order when the
+    runs carry a ``grid.order`` tag.
+    """
+    import mlflow
+
+    experiment = experiment or experiment_name()
+    grid = grid if grid is not None else grid_filter()
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} in {uri or tracking_uri()}; "
+                          "run `python -m experiments.grid run ...` first")
+    filters = ["tags.member != ''"]
+    if only_done:
+        filters += ["attributes.status = 'FINISHED'", f"tags.`{STAGE_TAG}` = '{DONE}'"]
+    if grid:
+        filters.append(f"tags.grid = '{grid}'")
+    df = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" and ".join(filters),
+                            order_by=["attributes.start_time DESC"], max_results=5000)
+    if df.empty:
+        return df
+    df = df.drop_duplicates(subset="tags.member", keep="first").copy()
+    df["member"] = df["tags.member"]
+    df["method"] = df.get("tags.method", pd.Series(index=df.index, dtype=object))
+    order_col = "tags.grid.order"
+    if order_col in df:
+        df["_order"] = pd.to_numeric(df[order_col], errors="coerce")
+        df = df.sort_values(["_order", "member"]).drop(columns="_order")
+    return df.set_index("member", drop=False)
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """Evaluation metric names (without prefix) present in ``runs`` with at least one value."""
+    prefix = "metrics." + TEST_PREFIX
+    return [c[len(prefix):] for c in runs.columns if c.startswith(prefix) and runs[c].notna().any()]
+
+
+def group_of(metric: str) -> str | None:
+    return next((g for g, pat in METRIC_GROUPS.items() if pat.match(metric)), None)
+
+
+# per-row / per-level / raw breakdowns: kept in the full table, left out of the main one
+DETAIL = re.compile(r".*(_row\d+|_raw(_ref)?|_ref|_nn_raw|swd_\d+)$")
+
+
+def metric_table(runs: pd.DataFrame, groups: Iterable[str] | None = None, detail: bool = True) -> pd.DataFrame:
+    """member x metric table, columns ordered by paper axis (distortion, perception, identity, LEC,
+    editability, latent) and named ``<metric>``; ``table.attrs['groups']`` maps metric -> axis.
+    ``detail=False`` leaves out breakdowns (``DETAIL``: per W+ row, per SWD level, raw/reference)."""
+    groups = list(groups or METRIC_GROUPS)
+    names = [n for n in metric_columns(runs) if detail or not DETAIL.fullmatch(n)]
+    ordered = [m for g in groups for m in sorted(n for n in names if group_of(n) == g)]
+    table = pd.DataFrame({m: runs["metrics." + TEST_PREFIX + m] for m in ordered}, index=runs.index)
+    table.insert(0, "method", runs["method"])
+    table.index.name = "member"
+    table.attrs["groups"] = {m: group_of(m) for m in ordered}
+    return table
+
+
+# one number per axis: column -> metric-name patterns; the first pattern that matches any metric
+# wins and its matches are averaged (e.g. LEC over edit directions, edit gain over attributes)
+SUMMARY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "L2 ↓": (r"l2",),
+    "LPIPS ↓": (r"lpips_alex", r"lpips.*"),
+    "MS-SSIM ↑": (r"msssim.*",),
+    "FID ↓": (r"fid_domain", r"fid.*"),
+    "SWD ↓": (r"swd_avg", r"swd"),
+    "ID ↑": (r"id_domain", r"id_.*"),
+    "LEC ↓": (r"lec_(?!.*official).*", r"lec.*"),
+    "edit gain ↑": (r"edit_.*_gain",),
+    "edit leak ↓": (r"edit_.*_leak",),
+    "dist. to W ↓": (r"latent_dist.*",),
+}
+
+
+def summarize(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """``{metric: value}`` -> ``{summary column: value or None}`` (see ``SUMMARY_COLUMNS``)."""
+    out: dict[str, float | None] = {}
+    for col, patterns in SUMMARY_COLUMNS.items():
+        out[col] = None
+        for p in patterns:
+            vals = [float(v) for k, v in metrics.items() if re.fullmatch(p, k) and v is not None and v == v]
+            if vals:
+                out[col] = sum(vals) / len(vals)
+                break
+    return out
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """member x one column per axis (columns without any value dropped)."""
+    rows = {m: summarize({c: table.loc[m, c] for c in table.columns if c != "method"}) for m in table.index}
+    out = pd.DataFrame.from_dict(rows, orient="index").astype(float)
+    out.insert(0, "method", table["method"])
+    out.index.name = "member"
+    return out.loc[:, out.notna().any()]
+
+
+def mean_of(table: pd.DataFrame, pattern: str) -> pd.Series:
+    """Row-wise mean of the metric columns matching ``pattern`` (NaN where none)."""
+    cols = [c for c in table.columns if c != "method" and re.match(pattern, c)]
+    if not cols:
+        return pd.Series(np.nan, index=table.index)
+    return table[cols].astype(float).mean(axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# tables
+# ------------------------------------------------------------------------------------------------
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "–"
+        a = abs(v)
+        return f"{v:.3g}" if (a >= 1e3 or (a < 1e-2 and a > 0)) else f"{v:.4f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub markdown table (no tabulate dependency)."""
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, row in df.iterrows():
+        cells = ([str(idx)] if index else []) + [_fmt(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, name: str, out: Path | None = None, caption: str = "") -> tuple[Path, Path]:
+    """Write ``<out>/tables/<name>.csv`` and ``.md``; returns both paths."""
+    d = Path(out or reports_dir()) / "tables"
+    d.mkdir(parents=True, exist_ok=True)
+    csv, md = d / f"{name}.csv", d / f"{name}.md"
+    df.to_csv(csv)
+    md.write_text((caption + "\n\n" if caption else "") + to_markdown(df))
+    return csv, md
+
+
+def save_figure(fig, name: str, out: Path | None = None, dpi: int = 150) -> Path:
+    d = Path(out or reports_dir()) / "figures"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# artifacts and histories
+# ------------------------------------------------------------------------------------------------
+def _download(run_id: str, path: str, uri: str | None = None) -> Path | None:
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                        tracking_uri=uri or tracking_uri()))
+    except Exception:  # noqa: BLE001 - a member without that artifact is simply left out
+        return None
+
+
+def per_image(run_id: str, uri: str | None = None) -> pd.DataFrame | None:
+    """The per-image metric values of one member (``eval/per_image.csv``), or None."""
+    path = _download(run_id, PER_IMAGE_ARTIFACT, uri)
+    return pd.read_csv(path) if path else None
+
+
+def qualitative(run_id: str, uri: str | None = None) -> dict[str, np.ndarray] | None:
+    """``eval/qualitative.npz``: ``inputs``, ``inversions`` and ``edit:<name>`` uint8 [k,H,W,3]."""
+    path = _download(run_id, QUALITATIVE_ARTIFACT, uri)
+    if path is None:
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def training_keys(run_id: str, uri: str | None = None, min_points: int = 2) -> list[str]:
+    """Metric keys of a run that are curves (logged at >= ``min_points`` steps), evaluation excluded."""
+    client = _client(uri)
+    run = client.get_run(run_id)
+    keys = [k for k in run.data.metrics if not k.startswith(TEST_PREFIX)]
+    return sorted(k for k in keys if len(client.get_metric_history(run_id, k)) >= min_points)
+
+
+def training_history(run_id: str, keys: Iterable[str] | None = None, uri: str | None = None) -> pd.DataFrame:
+    """Long-format history: columns ``key``, ``step``, ``value``."""
+    client = _client(uri)
+    keys = list(keys) if keys is not None else training_keys(run_id, uri)
+    rows = [(k, m.step, m.value) for k in keys for m in client.get_metric_history(run_id, k)]
+    return pd.DataFrame(rows, columns=["key", "step", "value"]).sort_values(["key", "step"])
+
+
+# ------------------------------------------------------------------------------------------------
+# headless execution
+# ------------------------------------------------------------------------------------------------
+def _kernel_name() -> str:
+    """The ipykernel 'python3' kernelspec; jupyter_client runs it with the current interpreter
+    (``python`` in the spec's argv is replaced by ``sys.executable``). Falls back to installing the
+    spec into this environment when it is missing (a venv without the data files)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        from ipykernel.kernelspec import install
+
+        install(prefix=sys.prefix, kernel_name="python3")
+    return "python3"
+
+
+@contextmanager
+def _quiet_timer(label: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    print(f"  {label}: {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def execute_notebooks(notebooks: Iterable[str | Path] | None = None, *, uri: str | None = None,
+                      experiment: str | None = None, out: str | Path | None = None, grid: str | None = None,
+                      timeout: int = 600, save_executed: bool = True, cwd: str | Path | None = None) -> dict[str, str]:
+    """Execute notebooks headless with nbclient against one MLflow store.
+
+    Returns ``{notebook name: 'ok' | error message}``; executed copies go to ``<out>/notebooks/``.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    out = Path(out or reports_dir()).resolve()
+    env = dict(os.environ)
+    env.update({"E4E_TRACKING_URI": _absolute_uri(uri or tracking_uri()),
+                "E4E_EXPERIMENT": experiment or experiment_name(),
+                "E4E_REPORTS_DIR": str(out), "MPLBACKEND": "Agg"})
+    if grid:
+        env["E4E_GRID"] = grid
+    paths = [Path(p) for p in (notebooks or [NOTEBOOKS_DIR / n for n in NOTEBOOKS])]
+    kernel = _kernel_name()
+    results: dict[str, str] = {}
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, kernel_name=kernel, timeout=timeout,
+                                resources={"metadata": {"path": str(Path(cwd or Path.cwd()).resolve())}})
+        with _quiet_timer(path.name):
+            try:
+                client.execute(env=env)
+                results[path.name] = "ok"
+            except CellExecutionError as exc:
+                results[path.name] = _short_error(str(exc))
+        if save_executed:
+            (out / "notebooks").mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, out / "notebooks" / path.name)
+    return results
+
+
+def _short_error(msg: str, n: int = 15) -> str:
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", msg).splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+def _absolute_uri(uri: str) -> str:
+    """sqlite:///relative.db -> sqlite:////abs/relative.db so the kernel's cwd does not matter."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--tracking-uri", default=tracking_uri(), help="MLflow tracking URI to read")
+    ap.add_argument("--experiment", default=experiment_name(), help="MLflow experiment (= domain)")
+    ap.add_argument("--grid", default=grid_filter(), help="only members of this grid (default: all)")
+    ap.add_argument("--out", default=str(reports_dir()), help="reports directory (figures/, tables/)")
+    ap.add_argument("--notebooks", nargs="*", default=None,
+                    help=f"notebooks to run (default: {', '.join(NOTEBOOKS)})")
+    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--no-save-executed", action="store_true", help="do not write executed notebook copies")
+    args = ap.parse_args(argv)
+
+    nbs = [p if Path(p).exists() else NOTEBOOKS_DIR / p for p in args.notebooks] if args.notebooks else None
+    print(f"reports from {args.tracking_uri} experiment {args.experiment!r} -> {args.out}", flush=True)
+    results = execute_notebooks(nbs, uri=args.tracking_uri, experiment=args.experiment, out=args.out,
+                                grid=args.grid, timeout=args.timeout, save_executed=not args.no_save_executed)
+    failed = {k: v for k, v in results.items() if v != "ok"}
+    for name, err in failed.items():
+        print(f"FAILED {name}:\n{err}", file=sys.stderr)
+    written = sorted(str(p.relative_to(Path(args.out))) for p in Path(args.out).glob("*/*.*")
+                     if p.parent.name in ("figures", "tables"))
+    print(f"{len(results) - len(failed)}/{len(results)} notebooks ok; wrote {len(written)} files under {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

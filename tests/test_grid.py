@@ -1,0 +1,319 @@
+"""Grids: grid files, member names, planning, and end-to-end runs of a tiny grid into a temporary
+MLflow store (skip finished, resume a killed member into the same run, a failing member, N
+processes, the submitit local executor, the notebooks on the result)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import grid as G
+
+REPO = Path(__file__).resolve().parent.parent
+GRIDS = REPO / "experiments" / "grids"
+DOMAINS = ("synth", "ffhq", "cars", "horse", "church")
+
+
+# ------------------------------------------------------------------------------------------------
+# grid files (no training)
+# ------------------------------------------------------------------------------------------------
+def test_member_names_from_non_default_switches():
+    sw = {"delta_reg": {"key": "a", "label": "dreg", "default": True},
+          "adversarial": {"key": "b", "label": "adv", "default": True},
+          "progressive": {"key": "c", "label": "prog", "default": True}}
+    assert G.member_name("e4e", {}, sw) == "e4e"
+    assert G.member_name("e4e", {"delta_reg": True}, sw) == "e4e"
+    assert G.member_name("e4e", {"delta_reg": False}, sw) == "e4e-no_dreg"
+    assert G.member_name("e4e", {"progressive": False, "adversarial": False}, sw) == "e4e-no_adv-no_prog"
+    off = {"delta_reg": False, "adversarial": False, "progressive": False}
+    assert G.member_name("psp", off, sw, defaults=off) == "psp"
+    assert G.member_name("psp", {**off, "adversarial": True}, sw, defaults=off) == "psp-adv"
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("profile", ["demo", "paper"])
+def test_paper_ablation_resolves_for_every_domain(domain, profile):
+    if profile == "demo" and domain != "synth":
+        with pytest.raises(G.GridError, match="no profile 'demo'"):   # demo = the CPU schedules of synth
+            G.load_grid(GRIDS / "paper_ablation.yaml", domain, profile)
+        return
+    grid = G.load_grid(GRIDS / "paper_ablation.yaml", domain, profile)
+    names = [m.name for m in grid.members]
+    e4e = {"e4e", "e4e-no_dreg", "e4e-no_adv", "e4e-no_prog", "e4e-no_dreg-no_adv", "e4e-no_dreg-no_prog",
+           "e4e-no_adv-no_prog", "e4e-no_dreg-no_adv-no_prog"}
+    assert e4e <= set(names) and len(names) == len(set(names)) == 15
+    assert {"psp", "w_encoder", "restyle_e4e", "restyle_psp", "optim_w", "optim_wplus",
+            "optim_from_encoder"} <= set(names)
+    assert grid.member("optim_from_encoder").depends_on == ["e4e"]
+    # the 8 e4e members differ exactly in the three switches
+    switches = {tuple(grid.member(n).overrides.get(f"{s}.enabled", True) for s in ("delta_reg", "adversarial", "progressive"))
+                for n in e4e}
+    assert len(switches) == 8
+    psp = G.resolve_config(grid, grid.member("psp"))          # method config: no e4e regularisers
+    assert not (psp.adversarial.enabled or psp.delta_reg.enabled or psp.progressive.enabled)
+    cfg = G.resolve_config(grid, grid.member("e4e-no_dreg-no_prog"))
+    assert (cfg.delta_reg.enabled, cfg.adversarial.enabled, cfg.progressive.enabled) == (False, True, False)
+    assert cfg.data.domain == domain
+    assert grid.config and Path(grid.config).exists()
+    assert grid.evaluate["metrics"] and grid.evaluate["n_images"] > 0
+
+
+def test_domain_variants_hold_only_deltas():
+    base = yaml.safe_load((GRIDS / "paper_ablation.yaml").read_text())
+    for d in DOMAINS:
+        var = yaml.safe_load((GRIDS / f"paper_ablation_{d}.yaml").read_text())
+        assert var["extends"] == "paper_ablation.yaml" and var["domain"] == d
+        assert "members" not in var and "switches" not in var, f"{d}: members come from the base grid"
+    assert "domain" not in base
+
+
+def test_grid_errors_are_clear(tmp_path):
+    with pytest.raises(G.GridError, match="no variant of paper_ablation.yaml for domain 'mars'.*known: .*synth"):
+        G.load_grid(GRIDS / "paper_ablation.yaml", "mars")
+    with pytest.raises(G.GridError, match="no profile 'huge'"):
+        G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: bad\ndomain: synth\nmembrs: []\n")
+    with pytest.raises(G.GridError, match=r"unknown key\(s\) \['membrs'\]"):
+        G.load_grid(bad)
+    dep = tmp_path / "dep.yaml"
+    dep.write_text("grid: dep\ndomain: synth\nprofiles: {demo: {}}\nmembers:\n  - {method: optim_from_encoder, depends_on: e4e}\n")
+    with pytest.raises(G.GridError, match="depends on \\['e4e'\\], not in the grid"):
+        G.load_grid(dep)
+    with pytest.raises(G.GridError, match="unknown \\['nope'\\]"):
+        G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo", only=["nope"])
+
+
+def test_members_subset_keeps_dependencies():
+    grid = G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo", only=["optim_from_encoder"])
+    assert [m.name for m in grid.members] == ["e4e", "optim_from_encoder"]
+
+
+def test_cli_help_and_dry_run(tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = subprocess.run([sys.executable, "-m", "experiments.grid", "run", "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=REPO, env=env)
+    assert out.returncode == 0 and "--launcher" in out.stdout and "(default:" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "experiments.grid", "run", str(GRIDS / "paper_ablation.yaml"),
+                          "--domain", "synth", "--profile", "demo", "--dry-run"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "e4e-no_dreg-no_adv-no_prog" in out.stdout and "15/15 to run" in out.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()  # a dry run starts nothing
+
+
+# ------------------------------------------------------------------------------------------------
+# a tiny grid, end to end, into a temporary MLflow store
+# ------------------------------------------------------------------------------------------------
+def _tiny_assets(root: Path) -> dict[str, str]:
+    """A tiny generator (rosinality format) and train/test folders of its samples."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from e4e.checkpoints import save_generator
+    from e4e.models.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    g = Generator(32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8}).eval()
+    gen_path = root / "tiny_generator.pt"
+    save_generator(g, gen_path, latent_avg=g.mean_latent(1000, seed=0)[0])
+    with torch.no_grad():
+        x = g.sample(torch.randn(28, 32, generator=torch.Generator().manual_seed(1)), noise_mode="const")
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    for split, sl in (("train", slice(0, 20)), ("test", slice(20, 28))):
+        d = root / "data" / split
+        d.mkdir(parents=True)
+        for i, a in enumerate(arr[sl]):
+            Image.fromarray(np.ascontiguousarray(a)).save(d / f"{i:04d}.png")
+    return {"generator": str(gen_path), "train": str(root / "data" / "train"), "test": str(root / "data" / "test")}
+
+
+TINY_OVERRIDES = {
+    "max_steps": 6, "batch_size": 4, "log_every": 1, "val_every": 3, "ckpt_every": 2, "image_every": 1000,
+    "progress": False, "loss.lpips_lambda": 0, "loss.id_lambda": 0, "model.encoder.small": True,
+    "model.restyle_iters": 2, "data.image_size": 32, "data.hflip": False, "data.val_fraction": 0.2,
+    "adversarial.r1_every": 2, "projection.steps": 4, "projection.w_avg_samples": 256,
+    "projection.perceptual": "l2",
+}
+
+
+def write_grid(root: Path, assets: dict, members: list, name: str = "tiny", **overrides) -> Path:
+    grid = {
+        "grid": name, "domain": "synth",
+        "config": str(REPO / "experiments" / "configs" / "synth.yaml"),
+        "method_config": str(REPO / "experiments" / "configs" / "{method}.yaml"),
+        "switches": {"delta_reg": {"key": "delta_reg.enabled", "label": "dreg", "default": True}},
+        "members": members,
+        "evaluate": {"metrics": ["l2", "msssim", "swd", "latent_dist_w"], "n_images": 8, "batch_size": 4,
+                     "data": assets["test"], "qualitative": {"n_images": 2, "edits": []}},
+        "profiles": {"demo": {"overrides": {**TINY_OVERRIDES, "model.generator": assets["generator"],
+                                            "data.train_dir": assets["train"], **overrides}}},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def child_runs(uri: str, grid: str, experiment: str = "synth"):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return c.search_runs([exp.experiment_id], f"tags.grid = '{grid}' and tags.member != ''")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny generator, its train/test images and one MLflow store shared by this module's grids."""
+    root = tmp_path_factory.mktemp("grid")
+    return {"root": root, "uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", **_tiny_assets(root)}
+
+
+@pytest.fixture(scope="module")
+def tiny(assets):
+    """One real grid run: e4e, w_encoder and optim_from_encoder (depends on e4e)."""
+    root = assets["root"]
+    path = write_grid(root, assets, [{"method": "e4e"}, {"method": "w_encoder"},
+                                     {"method": "optim_from_encoder", "depends_on": "e4e"}])
+    runs_dir = root / "runs"
+    t0 = time.perf_counter()
+    results = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    return {**assets, "assets": assets, "path": path, "runs_dir": runs_dir, "results": results,
+            "seconds": time.perf_counter() - t0}
+
+
+def test_tiny_grid_runs_end_to_end(tiny):
+    from mlflow.tracking import MlflowClient
+
+    results = tiny["results"]
+    assert [r.status for r in results] == ["FINISHED"] * 3, [(r.member, r.error) for r in results]
+    c = MlflowClient(tiny["uri"])
+    runs = {r.data.tags["member"]: r for r in child_runs(tiny["uri"], "tiny")}
+    assert set(runs) == {"e4e", "w_encoder", "optim_from_encoder"}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs.values()}
+    assert len(parents) == 1
+    parent = c.get_run(parents.pop())
+    assert parent.data.tags["grid"] == "tiny" and parent.info.status == "FINISHED"
+    for name, run in runs.items():
+        tags = run.data.tags
+        assert run.info.status == "FINISHED" and run.info.run_name == name
+        assert tags["grid.stage"] == "done" and tags["method"] == name.split("-")[0]
+        assert len(tags["config_hash"]) >= 16 and tags["git_sha"]
+        assert "test/l2" in run.data.metrics and "test/msssim" in run.data.metrics
+        arts = {a.path for a in c.list_artifacts(run.info.run_id, "eval")}
+        assert {"eval/per_image.csv", "eval/qualitative.npz", "eval/metrics.json"} <= arts
+    # encoders have training curves and params; the optimisation member was started from e4e's checkpoint
+    assert any(len(c.get_metric_history(runs["e4e"].info.run_id, k)) > 1 for k in runs["e4e"].data.metrics)
+    assert runs["e4e"].data.params["model.method"] == "e4e"
+    assert runs["optim_from_encoder"].data.tags["checkpoint"] == runs["e4e"].data.tags["checkpoint"]
+    table = G.results_table(c, results)
+    assert "L2" in table and "optim_from_encoder" in table
+
+
+def test_rerun_skips_finished_members(tiny, capsys):
+    before = {r.info.run_id for r in child_runs(tiny["uri"], "tiny")}
+    results = G.run_grid(G.load_grid(tiny["path"]), tiny["uri"], tiny["runs_dir"], progress=False)
+    assert [r.status for r in results] == ["SKIPPED"] * 3
+    assert {r.info.run_id for r in child_runs(tiny["uri"], "tiny")} == before
+    status = G.grid_status(G.load_grid(tiny["path"]), tiny["uri"], tiny["runs_dir"])
+    assert status.count("skip (finished)") == 3 and "FINISHED" in status
+
+
+def test_failing_members_are_failed_and_the_grid_goes_on(assets, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    members = [{"method": "e4e", "name": "missing_generator", "overrides": {"model.generator": str(tmp_path / "no.pt")}},
+               {"method": "e4e", "name": "bad_config", "overrides": {"loss.no_such_key": 1}},
+               {"method": "e4e", "name": "nan", "overrides": {"optim.lr": 1e30, "optim.name": "adam"}},
+               {"method": "w_encoder"},
+               {"method": "optim_from_encoder", "name": "orphan", "depends_on": "missing_generator"}]
+    path = write_grid(tmp_path, assets, members, name="failing")
+    results = {r.member: r for r in G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", progress=False)}
+    assert results["w_encoder"].status == "FINISHED"
+    c = MlflowClient(assets["uri"])
+    for name, needle in [("missing_generator", "no.pt"), ("bad_config", "no_such_key"), ("nan", "non-finite"),
+                         ("orphan", "missing_generator")]:
+        r = results[name]
+        assert r.status == "FAILED" and needle in r.error, (name, r.error)
+        run = c.get_run(r.run_id)
+        assert run.info.status == "FAILED" and needle in run.data.tags["error"]
+    # a re-run retries only what failed, each in its same run
+    again = {r.member: r for r in G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", progress=False)}
+    assert again["w_encoder"].status == "SKIPPED"
+    assert again["missing_generator"].status == "FAILED"
+    assert again["missing_generator"].run_id == results["missing_generator"].run_id
+    assert len(child_runs(assets["uri"], "failing")) == len(members)
+
+
+@pytest.mark.slow
+def test_killed_member_resumes_into_the_same_run(assets, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    path = write_grid(tmp_path, assets, [{"method": "e4e"}], name="killed", max_steps=40, ckpt_every=2,
+                      val_every=1000)
+    runs_dir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "experiments.grid", "run", str(path), "--tracking-uri", assets["uri"],
+           "--runs-dir", str(runs_dir), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not list(runs_dir.glob("synth/killed/*/last.pt")):
+            assert proc.poll() is None, "the grid finished before it could be killed"
+            time.sleep(0.2)
+        assert list(runs_dir.glob("synth/killed/*/last.pt")), "no checkpoint within 600 s"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode != 0, "the member finished before the kill; make it longer"
+    (run,) = child_runs(assets["uri"], "killed")
+    assert run.info.status == "RUNNING" and run.data.tags["grid.stage"] == "train"
+    (task,) = G.plan(G.load_grid(path), assets["uri"], runs_dir)
+    assert task.action == "resume" and task.run_id == run.info.run_id
+
+    (res,) = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    assert res.status == "FINISHED" and res.run_id == run.info.run_id, res.error
+    (after,) = child_runs(assets["uri"], "killed")
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    c = MlflowClient(assets["uri"])
+    curve = next(k for k in after.data.metrics if not k.startswith("test/") and
+                 len(c.get_metric_history(run.info.run_id, k)) > 5)
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, curve)]
+    assert len(steps) == len(set(steps)), "a resumed run logs each step once"
+    assert max(steps) >= 39
+
+
+@pytest.mark.slow
+def test_jobs_run_members_in_processes(assets, tmp_path):
+    path = write_grid(tmp_path, assets, [{"method": "e4e"}, {"method": "w_encoder"}], name="jobs")
+    results = G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", jobs=2, progress=False)
+    assert [r.status for r in results] == ["FINISHED", "FINISHED"], [r.error for r in results]
+
+
+@pytest.mark.slow
+def test_submitit_launcher_with_the_local_executor(assets, tmp_path):
+    path = write_grid(tmp_path, assets, [{"method": "w_encoder"}], name="submitit")
+    results = G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", launcher="submitit", cluster="local",
+                         submitit_params={"timeout_min": 10}, progress=False)
+    assert [r.status for r in results] == ["FINISHED"], [r.error for r in results]
+    assert list((tmp_path / "runs").glob("synth/submitit/submitit/*_log.out")) or \
+        list((tmp_path / "runs").rglob("*_log.out")), "submitit wrote no job logs"
+
+
+@pytest.mark.slow
+def test_notebooks_run_on_the_grid_store(tiny, tmp_path):
+    from experiments import report
+
+    out = tmp_path / "reports"
+    assert report.main(["--tracking-uri", tiny["uri"], "--experiment", "synth", "--grid", "tiny",
+                        "--out", str(out), "--no-save-executed"]) == 0
+    assert {"ablation.csv", "ablation.md"} <= {p.name for p in (out / "tables").iterdir()}
+    assert {"tradeoff_distortion_perception.png", "qualitative_0.png", "training_curves.png",
+            "per_image_distributions.png"} <= {p.name for p in (out / "figures").iterdir()}
