@@ -3,7 +3,8 @@
     python -m bench.bench_models --sizes 64 256 [1024] [--batch 8] [--threads 2] [--device cpu|cuda]
 
 * generator synthesis (official channel table, channel_multiplier 2, const noise) per resolution,
-  with the default modulated conv (modulate activations, demodulate outputs) and the
+  with the default modulated conv (``fused=None``: per layer, whichever of the two below suits its
+  shape), activation modulation (modulate activations, demodulate outputs: ``fused=False``) and the
   straightforward rosinality reference (per-sample weights, grouped conv: ``fused=True``);
 * encoder forward+backward (official IR-SE-50 architectures; ``n_latent = 2 log2(size) - 2``,
   input ``min(size, 256)`` as the official encoders resize to 256), optionally channels-last;
@@ -52,7 +53,7 @@ def bench_generator(size, args, device, autocast):
     g = Generator(size).to(device).eval().requires_grad_(False)
     w = torch.randn(args.batch, g.n_latent, g.style_dim, device=device)
     rows = []
-    for name, fused in (("modulated (default)", False), ("grouped reference", True)):
+    for name, fused in (("auto (default)", None), ("modulate activations", False), ("grouped reference", True)):
         set_fused(g, fused)
 
         def run():
@@ -61,6 +62,15 @@ def bench_generator(size, args, device, autocast):
 
         dt = timeit(run, device, args.warmup, args.repeats)
         rows.append(("G synthesis", size, name, dt, args.batch / dt))
+        if args.backward:
+            def run_bwd():
+                wi = w.clone().requires_grad_(True)  # what encoder training does: gradients to W+
+                with autocast():
+                    out = g.synthesis(wi)
+                out.float().square().mean().backward()
+
+            dt = timeit(run_bwd, device, args.warmup, args.repeats)
+            rows.append(("G fwd+bwd (W+)", size, name, dt, args.batch / dt))
     return rows
 
 
@@ -96,6 +106,7 @@ def main(argv=None):
     ap.add_argument("--encoders", nargs="*", default=["e4e"], help="e4e psp w_encoder restyle_e4e restyle_psp")
     ap.add_argument("--skip-generator", action="store_true")
     ap.add_argument("--channels-last", action="store_true", help="also time the encoders in channels-last")
+    ap.add_argument("--backward", action="store_true", help="also time synthesis forward+backward (grad to W+)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)

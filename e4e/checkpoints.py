@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import random
 import re
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -390,3 +392,23 @@ def init_encoder_from_irse50(encoder: nn.Module, path=None, generator: torch.Gen
                          "use the full-width IR-SE-50 encoder")
     encoder.load_state_dict(trunk, strict=False)
     return encoder
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state (training checkpoints of the encoder trainer and the synth GAN trainer)
+# ---------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """torch / numpy / python (and CUDA, once initialised) generator states, for exact resume."""
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])

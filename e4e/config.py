@@ -152,6 +152,7 @@ class TrainConfig:
     log_every: int = 50          # loss metrics every N steps
     val_every: int = 2000        # validation (best-checkpoint selection) every N steps
     image_every: int = 1000      # image grid artifact every N steps
+    image_edits: list[str] = field(default_factory=list)  # edit rows in the grids: "direction:strength"
     ckpt_every: int = 2000       # last.pt (+ buffered metrics flushed) every N steps
     seed: int = 0
     out_dir: str = ""            # "" = runs/<domain>/<method>-<config_hash[:10]>
@@ -163,7 +164,8 @@ class TrainConfig:
 
 # keys that say where/how a run executes, not what it computes (excluded from config_hash)
 RUN_LOCATION_KEYS = frozenset({
-    "out_dir", "device", "experiment", "run_name", "progress", "log_every", "image_every", "ckpt_every",
+    "out_dir", "device", "experiment", "run_name", "progress", "log_every", "image_every", "image_edits",
+    "ckpt_every",
     "data.num_workers",
 })
 
@@ -430,6 +432,22 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]!r}")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
+    parse_edits(cfg.image_edits)
+
+
+def parse_edits(items: list[str]) -> list[tuple[str, float]]:
+    """``["smile:3", "age:-2"]`` -> ``[("smile", 3.0), ("age", -2.0)]`` (config key ``image_edits``)."""
+    out = []
+    for item in items:
+        name, sep, strength = str(item).rpartition(":")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out.append((name.strip(), float(strength)))
+        except ValueError:
+            raise ConfigError(f"config key 'image_edits': {item!r} is not 'direction:strength' "
+                              f"(e.g. 'smile:3')") from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

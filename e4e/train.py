@@ -45,6 +45,7 @@ from torch import nn
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from e4e import checkpoints as CK
 from e4e import config as C
 from e4e import losses as L
 from e4e import tracking as T
@@ -441,21 +442,6 @@ def _disc_step(cfg, disc, d_opt, pools, generator, fakes: list[torch.Tensor], st
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
 def _trainable_state(inverter: nn.Module) -> dict:
     """Inverter state without the frozen generator (it is re-loaded from ``model.generator``)."""
     return {k: v for k, v in inverter.state_dict().items() if not k.startswith("decoder.")}
@@ -544,10 +530,11 @@ def _identity_kind(cfg, dom) -> str:
     return dom.identity if cfg.loss.id_kind == "auto" else cfg.loss.id_kind
 
 
-def _save_grid(path: Path, x: torch.Tensor, y_hat: torch.Tensor) -> Path:
+def _save_grid(path: Path, x: torch.Tensor, y_hat: torch.Tensor, *edited: torch.Tensor) -> Path:
+    """One row each: inputs, inversions, then one row per edit of the inversions."""
     from torchvision.utils import save_image
 
-    rows = torch.cat([x, L.match_size(y_hat, x.shape[-2:])]).clamp(-1, 1)
+    rows = torch.cat([x] + [L.match_size(y, x.shape[-2:]) for y in (y_hat, *edited)]).clamp(-1, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(rows, path, nrow=x.shape[0], normalize=True, value_range=(-1, 1))
     return path
@@ -631,6 +618,8 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
     recon = L.ReconstructionLoss.from_config(cfg.loss, id_kind, device, perceptual=perceptual,
                                              identity=identity).to(device)
 
+    vis_edits = _load_edits(cfg, generator) if info.main else []  # a missing direction file stops here too
+
     # -- data -------------------------------------------------------------------------------------
     if train_set is None:
         train_set, auto_val = _build_datasets(cfg, input_size)
@@ -677,7 +666,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
         state = _State(ck["step"], ck["best_val"], ck["best_step"], ck["run_id"], ck.get("own_run", False),
                        ck.get("last_logs", {}))
         pending = ck.get("pending_metrics", [])
-        _set_rng_state(ck["rng"][info.rank])
+        CK.set_rng_state(ck["rng"][info.rank])
     else:
         torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # per-rank noise / z streams
     run_id = run_id or state.run_id
@@ -717,7 +706,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
         fixed_vis = _fetch(vis_source, list(range(min(4, len(vis_source))))).to(device)
 
     def checkpoint(path: Path, step: int) -> None:
-        rng_all = _gather(_rng_state(), info)
+        rng_all = _gather(CK.rng_state(), info)
         pools_all = _gather((_pool_state(pools[0]), _pool_state(pools[1])) if pools else (None, None), info)
         if not info.main:
             return
@@ -778,7 +767,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
         if info.main and (state.step % cfg.log_every == 0 or state.step == cfg.max_steps):
             buffer.add_dict({f"train/{k}": v for k, v in logs.items()}, state.step)
         if info.main and (state.step % cfg.image_every == 0 or state.step == cfg.max_steps):
-            _log_grid(client, run_id, inverter, fixed_vis, out_dir, state.step)
+            _log_grid(client, run_id, inverter, fixed_vis, out_dir, state.step, vis_edits)
         if state.step % cfg.val_every == 0 or state.step == cfg.max_steps:
             improved = False
             if info.main and val_set is not None and len(val_set):
@@ -851,15 +840,38 @@ def _flush_pending(client, run_id: str, rows: list) -> None:
         client.log_batch(run_id, metrics=todo[i:i + 1000])
 
 
-def _log_grid(client, run_id, inverter, x, out_dir: Path, step: int) -> None:
+def _load_edits(cfg, generator) -> list[tuple[str, float, Any]]:
+    """The ``image_edits`` directions of the run's domain; a missing file or one that does not fit
+    the generator's W+ shape is an error at start-up, before any step."""
+    from e4e.editing import direction_offset, load_direction
+
+    edits = []
+    for name, strength in C.parse_edits(cfg.image_edits):
+        d = load_direction(cfg.data.domain, name)
+        try:
+            direction_offset(d, generator.n_latent, generator.style_dim)
+        except ValueError as e:
+            raise C.ConfigError(f"image_edits: direction {name!r} of domain {cfg.data.domain!r} does not fit "
+                                f"this generator: {e}") from None
+        edits.append((name, strength, d))
+    return edits
+
+
+def _log_grid(client, run_id, inverter, x, out_dir: Path, step: int, edits=()) -> None:
+    """Image artifact ``images/step_N.png``: input | inversion | each configured edit (rows)."""
+    from e4e.editing import apply_edit
+
     if x is None or client is None:
         return
     was_training = inverter.training
     inverter.eval()
     with torch.no_grad():
-        y_hat = inverter.generate(_inference(inverter, x), noise_mode="const")
+        codes = _inference(inverter, x)
+        y_hat = inverter.generate(codes, noise_mode="const")
+        edited = [inverter.generate(apply_edit(codes, d, strength), noise_mode="const").cpu()
+                  for _, strength, d in edits]
     inverter.train(was_training)
-    path = _save_grid(out_dir / "images" / f"step_{step:07d}.png", x.cpu(), y_hat.cpu())
+    path = _save_grid(out_dir / "images" / f"step_{step:07d}.png", x.cpu(), y_hat.cpu(), *edited)
     client.log_artifact(run_id, str(path), "images")
 
 

@@ -12,6 +12,12 @@ Grid files (``experiments/grids/*.yaml``)
     names derive from the switches a member sets to a non-default value (``e4e``, ``e4e-no_dreg``,
     ``e4e-no_adv-no_prog``) unless the member gives ``name``. A member may ``depends_on`` another
     (``optim_from_encoder`` is initialised by the trained ``e4e`` member's checkpoint).
+    A member's config = the domain config (``config``) <- its method's config file
+    (``method_config``, e.g. ``experiments/configs/psp.yaml``) <- ``overrides`` (grid, then
+    profile, per method, per member) <- its switches; ``--set key=value`` applies last. Grid keys:
+    ``prepare`` (commands run when the path they ``create`` is missing, e.g. rendering the synth
+    data), ``evaluate`` (metrics, n_images, batch_size, data folder, qualitative edits, options),
+    profile ``jobs`` (default ``--jobs``).
 
 MLflow (DESIGN.md §5)
     One experiment per domain. One parent run per grid call (tags ``grid``, ``profile``,
@@ -708,10 +714,21 @@ class InlineLauncher:
         pass
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    """Worker set-up: its share of the cores, and exit if the grid process dies (an orphaned pool
+    worker would otherwise wait for work forever)."""
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="grid-parent-watchdog", daemon=True).start()
 
 
 class ProcessLauncher:
@@ -721,7 +738,7 @@ class ProcessLauncher:
     def __init__(self, jobs: int):
         self.jobs = jobs
         self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(_threads_per_job(jobs),))
+                                           initializer=_init_worker, initargs=(_threads_per_job(jobs), os.getpid()))
 
     def submit(self, fn, task):
         return self.pool.submit(fn, task)

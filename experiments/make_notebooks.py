@@ -84,11 +84,20 @@ distortions = [c for c in ("L2", "LPIPS") if c in data and data[c].notna().any()
 data
 """),
         ("code", """\
-def scatter(ax, x, y):
+def scatter(ax, x, y, near=0.03):
     d = data.dropna(subset=[x, y])
     sns.scatterplot(data=d, x=x, y=y, hue="method", style="method", s=90, ax=ax, legend=False)
-    for _, r in d.iterrows():
-        ax.annotate(r["member"], (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    # one label per cluster of nearly coincident points: "first (+n)"
+    span = lambda v: (v.max() - v.min()) or 1.0
+    nx, ny = (d[x] - d[x].min()) / span(d[x]), (d[y] - d[y].min()) / span(d[y])
+    groups = []
+    for i in d.index:
+        g = next((g for g in groups if abs(nx[g[0]] - nx[i]) < near and abs(ny[g[0]] - ny[i]) < near), None)
+        (g.append(i) if g else groups.append([i]))
+    for g in groups:
+        r = d.loc[g[0]]
+        label = r["member"] + (f" (+{len(g) - 1})" if len(g) > 1 else "")
+        ax.annotate(label, (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_title(f"{y} vs {x}")
 
 def tradeoff_figure(ys, name):
@@ -170,14 +179,15 @@ print(counts.to_string())
 if keys:
     ncol = min(3, len(keys)); nrow = -(-len(keys) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.4 * nrow), squeeze=False)
+    members = list(dict.fromkeys(hist["member"]))
+    palette = dict(zip(members, sns.color_palette("tab20" if len(members) > 10 else "tab10", n_colors=len(members))))
     for ax, key in zip(axes.ravel(), keys):
-        sns.lineplot(data=hist[hist.key == key], x="step", y="value", hue="member", ax=ax, legend=False, lw=1)
+        sns.lineplot(data=hist[hist.key == key], x="step", y="value", hue="member", palette=palette,
+                     ax=ax, legend=False, lw=1)
         ax.set_title(key, fontsize=9); ax.set_ylabel("")
     for ax in axes.ravel()[len(keys):]:
         ax.remove()
-    members = list(dict.fromkeys(hist["member"]))
-    pal = sns.color_palette(n_colors=len(members))
-    fig.legend([plt.Line2D([], [], color=c) for c in pal], members, loc="lower center", ncol=min(5, len(members)),
+    fig.legend([plt.Line2D([], [], color=palette[m]) for m in members], members, loc="lower center", ncol=min(5, len(members)),
                bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(members) // 5)), frameon=False, fontsize=8)
     fig.tight_layout()
     print("wrote", R.save_figure(fig, "training_curves", OUT))

@@ -20,7 +20,6 @@ artifacts ``eval/per_image.csv`` and ``eval/qualitative.npz``, and the tags ``gr
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re

@@ -11,6 +11,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (small kernels: no sync overhead on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -11,12 +11,8 @@ from e4e.synth.render import ATTRIBUTES, render, sample_attributes
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """Small kernels: one thread avoids sync overhead on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ TINY_OVERRIDES = {
     "progress": False, "loss.lpips_lambda": 0, "loss.id_lambda": 0, "model.encoder.small": True,
     "model.restyle_iters": 2, "data.image_size": 32, "data.hflip": False, "data.val_fraction": 0.2,
     "adversarial.r1_every": 2, "projection.steps": 4, "projection.w_avg_samples": 256,
-    "projection.perceptual": "l2",
+    "projection.perceptual": "l2", "data.val_dir": "", "image_edits": [],
 }
 
 
@@ -252,7 +252,6 @@ def test_failing_members_are_failed_and_the_grid_goes_on(assets, tmp_path):
     assert len(child_runs(assets["uri"], "failing")) == len(members)
 
 
-@pytest.mark.slow
 def test_killed_member_resumes_into_the_same_run(assets, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -290,14 +289,12 @@ def test_killed_member_resumes_into_the_same_run(assets, tmp_path):
     assert max(steps) >= 39
 
 
-@pytest.mark.slow
 def test_jobs_run_members_in_processes(assets, tmp_path):
     path = write_grid(tmp_path, assets, [{"method": "e4e"}, {"method": "w_encoder"}], name="jobs")
     results = G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", jobs=2, progress=False)
     assert [r.status for r in results] == ["FINISHED", "FINISHED"], [r.error for r in results]
 
 
-@pytest.mark.slow
 def test_submitit_launcher_with_the_local_executor(assets, tmp_path):
     path = write_grid(tmp_path, assets, [{"method": "w_encoder"}], name="submitit")
     results = G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", launcher="submitit", cluster="local",

@@ -53,6 +53,28 @@ def test_modulated_conv_fused_nonfused_and_loop_agree(kind):
     torch.testing.assert_close(b, ref, rtol=1e-9, atol=1e-9)
 
 
+def test_modulated_conv_auto_picks_by_shape_and_stays_exact(monkeypatch):
+    """fused=None (default): grouped where h*w >= 16*in_channels, activation modulation elsewhere."""
+    torch.manual_seed(2)
+    mod = ModulatedConv2d(8, 4, 3, 16).double()
+    assert mod.fused is None
+    calls = []
+    real = ModulatedConv2d._forward_grouped
+    monkeypatch.setattr(ModulatedConv2d, "_forward_grouped", lambda self, *a: calls.append(1) or real(self, *a))
+    style = torch.randn(2, 16, dtype=torch.float64)
+    for hw, grouped in ((8, False), (12, True)):  # 64 < 128 <= 144 pixels for 8 channels
+        calls.clear()
+        x = torch.randn(2, 8, hw, hw, dtype=torch.float64)
+        with torch.no_grad():
+            out = mod(x, style)
+        assert bool(calls) is grouped
+        torch.testing.assert_close(out, ref_modulated_conv(mod, x, style), rtol=1e-9, atol=1e-9)
+    calls.clear()
+    x = torch.randn(2, 8, 12, 12, dtype=torch.float64, requires_grad=True)
+    mod(x, style).sum().backward()  # under autograd: activation modulation (cheaper backward)
+    assert not calls and x.grad is not None
+
+
 # Hand-written from the rosinality layout of a 256 px, channel_multiplier 2 generator.
 EXPECTED_256 = {
     "style.1.weight": (512, 512), "style.1.bias": (512,), "style.8.weight": (512, 512),

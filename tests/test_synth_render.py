@@ -11,12 +11,8 @@ from e4e.synth.render import (ATTRIBUTE_SPECS, ATTRIBUTES, attr_index, default_a
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small elementwise kernels: one thread avoids sync overhead on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Small kernels: one thread avoids sync overhead on a busy 2-core machine."""
 
 
 def _with(name, values):

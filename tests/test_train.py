@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -373,3 +374,41 @@ def test_data_workers_do_not_change_the_result(gen, images, mlflow_uri, tmp_path
     ka, kb = load_training_checkpoint(tmp_path / "a" / "last.pt"), load_training_checkpoint(tmp_path / "b" / "last.pt")
     assert all(torch.equal(ka["inverter"][k], kb["inverter"][k]) for k in ka["inverter"])
     assert a["final_losses"] == b["final_losses"] and ka["data_order"] == kb["data_order"] == {"epoch": 1, "pos": 4}
+
+
+def test_image_grids_show_the_configured_edits(gen, images, mlflow_uri, tmp_path, monkeypatch):
+    """images/step_N.png rows: inputs, inversions, then one row per ``image_edits`` entry."""
+    from PIL import Image
+
+    dirs = tmp_path / "directions"
+    (dirs / "ffhq").mkdir(parents=True)
+    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(3)), dirs / "ffhq" / "up.pt")
+    monkeypatch.setenv("E4E_DIRECTIONS", str(dirs))
+    train_set, val_set = datasets(images)
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, "e4e", "data.domain=ffhq", "max_steps=2", "image_every=2", "image_edits=[up:2, up:-2]")
+    s = train(cfg, generator=gen, train_set=train_set, val_set=val_set)
+    grid = np.asarray(Image.open(out / "images" / "step_0000002.png").convert("RGB"), dtype=np.float32)
+    assert grid.shape[:2] == (4 * 34 + 2, 4 * 34 + 2)  # 4 rows (input, inversion, 2 edits) of 4 images
+    rows = [grid[2 + 34 * r: 34 * (r + 1), 2:34] for r in range(4)]
+    assert np.abs(rows[2] - rows[1]).mean() > 1 and np.abs(rows[3] - rows[1]).mean() > 1
+    assert np.abs(rows[2] - rows[3]).mean() > 1
+    arts = [a.path for a in T.get_client().list_artifacts(s["run_id"], "images")]
+    assert "images/step_0000002.png" in arts
+
+
+def test_missing_or_malformed_edit_stops_before_any_step(gen, images, mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("E4E_DIRECTIONS", str(tmp_path / "nowhere"))
+    train_set, val_set = datasets(images)
+    with pytest.raises(FileNotFoundError, match="no editing direction 'smile'"):
+        train(tiny_cfg(tmp_path, "e4e", "data.domain=ffhq", "image_edits=[smile:3]"), generator=gen,
+              train_set=train_set, val_set=val_set)
+    assert not (tmp_path / "last.pt").exists()
+    (tmp_path / "nowhere" / "ffhq").mkdir(parents=True)
+    torch.save(torch.randn(1, 512), tmp_path / "nowhere" / "ffhq" / "smile.pt")  # a 512-d W direction
+    with pytest.raises(C.ConfigError, match="does not fit this generator"):
+        train(tiny_cfg(tmp_path, "e4e", "data.domain=ffhq", "image_edits=[smile:3]"), generator=gen,
+              train_set=train_set, val_set=val_set)
+    assert not (tmp_path / "last.pt").exists()
+    with pytest.raises(C.ConfigError, match="direction:strength"):
+        tiny_cfg(tmp_path, "e4e", "image_edits=[smile]")

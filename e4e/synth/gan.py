@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from e4e import checkpoints as CK
 from e4e.models.stylegan2 import Discriminator, Generator
 
 __all__ = ["GANConfig", "GANTrainer", "train", "add_cli", "main", "load_image_folder", "export_generator",
@@ -284,24 +285,6 @@ def _allreduce_mean(x: torch.Tensor, world: int) -> torch.Tensor:
     x = x.clone()
     d.all_reduce(x)
     return x / world
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG state
-# ---------------------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +582,7 @@ class GANTrainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def _gather_rng(self) -> list[dict]:
         d = _dist()
-        st = _rng_state()
+        st = CK.rng_state()
         if d is None or self.world == 1:
             return [st]
         out: list = [None] * self.world
@@ -648,7 +631,7 @@ class GANTrainer:
         self.pl_mean = ck["pl_mean"].to(self.device)
         self.train_seconds = float(ck.get("train_seconds", 0.0))
         self.run_id = ck.get("mlflow_run_id")
-        _set_rng_state(ck["rng"][self.rank])
+        CK.set_rng_state(ck["rng"][self.rank])
 
     # -- samples -------------------------------------------------------------------------------
     @torch.no_grad()
