@@ -1,6 +1,8 @@
 """Throughput of the networks e4e trains and evaluates (not a test; numbers go in the closing note).
 
     python -m bench.bench_models --sizes 64 256 [1024] [--batch 8] [--threads 2] [--device cpu|cuda]
+        [--backward] [--channels-last] [--bf16]
+    python -m bench.bench_models --layers      # per-layer table behind the default's choice
 
 * generator synthesis (official channel table, channel_multiplier 2, const noise) per resolution,
   with the default modulated conv (``fused=None``: per layer, whichever of the two below suits its
@@ -74,6 +76,34 @@ def bench_generator(size, args, device, autocast):
     return rows
 
 
+# (in_channels, out_channels, resolution, upsample): the shapes of the official generators' layers
+LAYERS = [(512, 512, 32, False), (512, 512, 64, False), (256, 256, 64, False), (256, 256, 128, False),
+          (128, 128, 256, False), (64, 64, 512, False), (32, 32, 1024, False), (128, 128, 32, False),
+          (32, 32, 64, False), (256, 128, 128, True), (64, 32, 512, True)]
+
+
+def bench_layers(args, device):
+    """One ModulatedConv2d per shape, forward: activation modulation vs grouped (what ``auto`` picks)."""
+    print(f"{'layer':<32} {'act ms':>9} {'grouped ms':>11} {'act/grouped':>12}  auto picks")
+    for cin, cout, res, up in LAYERS:
+        m = ModulatedConv2d(cin, cout, 3, 512, upsample=up).to(device).eval().requires_grad_(False)
+        x = torch.randn(args.batch, cin, res, res, device=device)
+        s = torch.randn(args.batch, 512, device=device)
+        t = {}
+        for fused in (False, True):
+            m.fused = fused
+
+            def run():
+                with torch.no_grad():
+                    m(x, s)
+
+            t[fused] = timeit(run, device, args.warmup, args.repeats)
+        auto = "grouped" if res * res >= ModulatedConv2d.AUTO_PIXELS_PER_CHANNEL * cin else "activations"
+        name = f"{cin}->{cout} @ {res}px{' up' if up else ''}"
+        print(f"{name:<32} {t[False] * 1e3:9.1f} {t[True] * 1e3:11.1f} {t[False] / t[True]:12.2f}  {auto}",
+              flush=True)
+
+
 def bench_encoder(size, method, args, device, autocast):
     n_latent = 2 * int(math.log2(size)) - 2
     inp = min(size, 256)
@@ -107,6 +137,7 @@ def main(argv=None):
     ap.add_argument("--skip-generator", action="store_true")
     ap.add_argument("--channels-last", action="store_true", help="also time the encoders in channels-last")
     ap.add_argument("--backward", action="store_true", help="also time synthesis forward+backward (grad to W+)")
+    ap.add_argument("--layers", action="store_true", help="only the per-layer modulated-conv table")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
@@ -118,6 +149,9 @@ def main(argv=None):
 
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}"
           f"{', bf16 autocast' if args.bf16 else ''}")
+    if args.layers:
+        bench_layers(args, device)
+        return
     print(f"{'what':<18} {'size':>5}  {'variant':<28} {'s/batch':>9} {'img/s':>8}")
     for size in args.sizes:
         rows = [] if args.skip_generator else bench_generator(size, args, device, autocast)
