@@ -56,7 +56,7 @@ caption = (f"Experiment `{EXPERIMENT}`: evaluation on the test set "
            f"({', '.join(sorted(set(v for v in groups.values() if v)))}).")
 if unavailable:
     caption += "\\n\\nNot computed on this machine (missing weights or inputs): " + "; ".join(
-        f"`{k}` ({str(v)[:160]})" for k, v in sorted(unavailable.items()))
+        f"`{k}` ({str(v).split('. ')[0]})" for k, v in sorted(unavailable.items()))
 R.write_table(full, "ablation", OUT, caption)
 full
 """),

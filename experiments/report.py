@@ -174,7 +174,7 @@ SUMMARY_COLUMNS: dict[str, tuple[str, ...]] = {
     "LEC ↓": (r"lec_(?!.*official).*", r"lec.*"),
     "edit gain ↑": (r"edit_.*_gain",),
     "edit leak ↓": (r"edit_.*_leak",),
-    "dist. to W ↓": (r"latent_dist.*",),
+    "dist. to W ↓": (r"latent_dist_w",),   # not its _ref / _nn / _row<i> companions
 }
 
 

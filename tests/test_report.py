@@ -180,3 +180,16 @@ def test_mlflow_server_on_loopback_lists_runs(store, tmp_path):
     with socket.socket() as s:   # and the port can be listened on again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+
+
+def test_summary_averages_only_comparable_metrics():
+    """One number per axis: LEC over directions, edit gain/leak over attributes, never a mix of a
+    metric with its reference level or other units."""
+    m = {"l2": 0.02, "lec_smile_3": 10.0, "lec_age_3": 14.0, "lec_official_smile_3": 99.0,
+         "edit_smile_gain": 1.0, "edit_age_gain": 2.0, "edit_smile_gain_raw": 50.0, "edit_smile_gain_ref": 9.0,
+         "edit_smile_leak": 0.2, "edit_smile_leak_ref": 0.9,
+         "latent_dist_w": 3.0, "latent_dist_w_ref": 1.0, "latent_dist_w_nn": 7.0, "latent_dist_w_nn_raw": 40.0,
+         "latent_dist_w_row0": 5.0}
+    s = R.summarize(m)
+    assert s["L2 ↓"] == 0.02 and s["LEC ↓"] == 12.0 and s["edit gain ↑"] == 1.5 and s["edit leak ↓"] == 0.2
+    assert s["dist. to W ↓"] == 3.0 and s["FID ↓"] is None
