@@ -216,6 +216,19 @@ R.write_table(stats.reset_index().set_index("metric"), "per_image_summary", OUT,
               f"Experiment `{EXPERIMENT}`: per-image distributions (test set).")
 value_cols
 """),
+        ("md", "Paired differences on the same test images, each member minus a reference member "
+               "(pSp when present): mean, standard error and t. |t| > 2 marks a difference the "
+               "per-image spread resolves; training-seed variance is not part of it."),
+        ("code", """reference = "psp" if "psp" in set(per.member) else per.member.iloc[0]
+paired = R.paired_differences(per, reference, value_cols)
+if len(paired):
+    wide = paired.assign(cell=[f"{d:+.4g} ± {e:.2g} (t {t:+.1f})" for d, e, t in zip(paired["diff"], paired.se, paired.t)])
+    wide = wide.pivot(index="member", columns="metric", values="cell").reindex([m for m in runs.index if m != reference])
+    R.write_table(wide.dropna(how="all"), f"paired_vs_{reference}", OUT,
+                  f"Experiment `{EXPERIMENT}`: per-image paired differences vs `{reference}` "
+                  f"(mean ± standard error, t; n = {int(paired.n.max())} test images).")
+paired.head(20)
+"""),
         ("code", """\
 shown = value_cols[:12]
 ncol = min(3, len(shown)); nrow = -(-len(shown) // ncol)

@@ -211,6 +211,33 @@ def mean_of(table: pd.DataFrame, pattern: str) -> pd.Series:
 # ------------------------------------------------------------------------------------------------
 # tables
 # ------------------------------------------------------------------------------------------------
+def paired_differences(per: pd.DataFrame, reference: str, metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-image paired comparison of every member with ``reference`` on the same test images.
+
+    ``per``: long per-image frame with columns ``member``, ``image`` and metric columns (the
+    ``eval/per_image.csv`` artifacts stacked). For each member != reference and each metric: the
+    mean of (member - reference) over the images both have, its standard error
+    (sd / sqrt(n)), t = mean / se and n. It resolves differences between members that the spread
+    of the per-image values would hide; it does not measure training-seed variance."""
+    ref = per[per.member == reference].set_index("image")
+    cols = [c for c in (metrics or per.columns) if c not in ("member", "method", "image", "index")
+            and c in ref and pd.api.types.is_numeric_dtype(per[c])]
+    rows = []
+    for m in dict.fromkeys(per.member):
+        if m == reference:
+            continue
+        cur = per[per.member == m].set_index("image")
+        for c in cols:
+            d = (cur[c] - ref[c]).dropna()
+            if len(d) < 2:
+                continue
+            se = float(d.std(ddof=1)) / math.sqrt(len(d))
+            mean = float(d.mean())
+            rows.append({"member": m, "metric": c, "diff": mean, "se": se,
+                         "t": mean / se if se > 0 else float("nan"), "n": len(d)})
+    return pd.DataFrame(rows, columns=["member", "metric", "diff", "se", "t", "n"])
+
+
 def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         if math.isnan(v):

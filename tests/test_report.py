@@ -193,3 +193,15 @@ def test_summary_averages_only_comparable_metrics():
     s = R.summarize(m)
     assert s["L2 ↓"] == 0.02 and s["LEC ↓"] == 12.0 and s["edit gain ↑"] == 1.5 and s["edit leak ↓"] == 0.2
     assert s["dist. to W ↓"] == 3.0 and s["FID ↓"] is None
+
+
+def test_paired_differences_against_a_reference():
+    rng = np.random.default_rng(0)
+    base = rng.normal(10, 3, 50)                       # large spread between images ...
+    per = pd.concat([pd.DataFrame({"member": "ref", "image": range(50), "lec": base}),
+                     pd.DataFrame({"member": "a", "image": range(50), "lec": base + 0.5 + rng.normal(0, 0.1, 50)}),
+                     pd.DataFrame({"member": "b", "image": range(49), "lec": base[:49]})])
+    out = R.paired_differences(per, "ref").set_index("member")
+    assert out.loc["a", "n"] == 50 and abs(out.loc["a", "diff"] - 0.5) < 0.05
+    assert out.loc["a", "t"] > 20                       # ... but the paired difference is resolved
+    assert out.loc["b", "n"] == 49 and out.loc["b", "diff"] == 0 and "ref" not in out.index
