@@ -187,12 +187,14 @@ def member_name(method: str, options: Mapping[str, Any], switches: Mapping[str, 
 
 
 def load_grid(path: str | Path, domain: str | None = None, profile: str | None = None,
-              extra_overrides: Mapping[str, Any] | None = None, only: Iterable[str] | None = None) -> GridSpec:
+              extra_overrides: Mapping[str, Any] | None = None, only: Iterable[str] | None = None,
+              eval_overrides: Mapping[str, Any] | None = None) -> GridSpec:
     """Resolve a grid file for one domain and profile into a ``GridSpec``.
 
     ``path`` is a base grid (its ``<stem>_<domain>.yaml`` variant is merged in) or a variant file.
     ``extra_overrides`` (dotted keys, e.g. from ``--set``) apply to every member last; ``only``
-    restricts the members (their dependencies are kept).
+    restricts the members (their dependencies are kept). ``eval_overrides`` (``--eval``, e.g.
+    ``{"n_images": 200, "options.edit_n_ref": 128}``) apply to the evaluation spec last.
     """
     path = Path(path)
     data = _resolve_file(path)
@@ -276,6 +278,14 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
         closure = _with_dependencies(members, wanted)
         members = [m for m in members if m.name in closure]
     evaluate = _merge(data.get("evaluate") or {}, prof.get("evaluate") or {})
+    for key, value in (eval_overrides or {}).items():  # dotted keys into the evaluation spec
+        *parents, leaf = key.split(".")
+        node = evaluate
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise GridError(f"--eval {key}: {part!r} is not a mapping")
+        node[leaf] = value
     _check_keys(evaluate, EVAL_KEYS, f"{name}: evaluate")
     prepare = list(data.get("prepare") or [])
     for i, step in enumerate(prepare):
@@ -1044,6 +1054,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", default=None, help="comma-separated subset of members (dependencies included)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every member (repeatable), e.g. --set max_steps=50")
+    p.add_argument("--eval", dest="eval_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluation override (repeatable), e.g. --eval n_images=200 --eval metrics=[l2,msssim]; "
+                        "with --reevaluate for members already finished")
 
 
 def _cmd_run(args) -> int:
@@ -1071,7 +1084,8 @@ def _cmd_status(args) -> int:
 
 def _load_from_args(args) -> GridSpec:
     only = [m.strip() for m in args.members.split(",") if m.strip()] if args.members else None
-    return load_grid(args.grid, args.domain, args.profile, parse_dotlist(args.overrides), only)
+    return load_grid(args.grid, args.domain, args.profile, parse_dotlist(args.overrides), only,
+                     parse_dotlist(args.eval_overrides))
 
 
 COMMANDS = {"run": _cmd_run, "status": _cmd_status}

@@ -90,6 +90,16 @@ def test_grid_errors_are_clear(tmp_path):
         G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo", only=["nope"])
 
 
+def test_eval_overrides_reach_the_evaluation_spec():
+    grid = G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo",
+                       eval_overrides=G.parse_dotlist(["n_images=200", "options.edit_n_ref=128", "metrics=[l2, msssim]"]))
+    assert grid.evaluate["n_images"] == 200 and grid.evaluate["metrics"] == ["l2", "msssim"]
+    assert grid.evaluate["options"]["edit_n_ref"] == 128
+    assert grid.evaluate["qualitative"]["n_images"] == 4            # untouched keys stay
+    with pytest.raises(G.GridError, match="unknown key\(s\) \['n_imgs'\]"):
+        G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo", eval_overrides={"n_imgs": 5})
+
+
 def test_members_subset_keeps_dependencies():
     grid = G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo", only=["optim_from_encoder"])
     assert [m.name for m in grid.members] == ["e4e", "optim_from_encoder"]
