@@ -278,14 +278,7 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
         closure = _with_dependencies(members, wanted)
         members = [m for m in members if m.name in closure]
     evaluate = _merge(data.get("evaluate") or {}, prof.get("evaluate") or {})
-    for key, value in (eval_overrides or {}).items():  # dotted keys into the evaluation spec
-        *parents, leaf = key.split(".")
-        node = evaluate
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise GridError(f"--eval {key}: {part!r} is not a mapping")
-        node[leaf] = value
+    evaluate = _merge(evaluate, _nest(eval_overrides or {}))  # --eval: dotted keys, applied last
     _check_keys(evaluate, EVAL_KEYS, f"{name}: evaluate")
     prepare = list(data.get("prepare") or [])
     for i, step in enumerate(prepare):
