@@ -840,20 +840,20 @@ def _flush_pending(client, run_id: str, rows: list) -> None:
         client.log_batch(run_id, metrics=todo[i:i + 1000])
 
 
-def _load_edits(cfg, generator) -> list[tuple[str, float, Any]]:
-    """The ``image_edits`` directions of the run's domain; a missing file or one that does not fit
-    the generator's W+ shape is an error at start-up, before any step."""
+def _load_edits(cfg, generator) -> list[tuple[str, float, torch.Tensor]]:
+    """``(name, strength, per-row offset [1, n_latent, D])`` for each ``image_edits`` entry; a missing
+    direction file or one that does not fit the generator's W+ shape is an error at start-up."""
     from e4e.editing import direction_offset, load_direction
 
     edits = []
     for name, strength in C.parse_edits(cfg.image_edits):
-        d = load_direction(cfg.data.domain, name)
+        direction = load_direction(cfg.data.domain, name)
         try:
-            direction_offset(d, generator.n_latent, generator.style_dim)
+            offset = direction_offset(direction, generator.n_latent, generator.style_dim)
         except ValueError as e:
             raise C.ConfigError(f"image_edits: direction {name!r} of domain {cfg.data.domain!r} does not fit "
                                 f"this generator: {e}") from None
-        edits.append((name, strength, d))
+        edits.append((name, strength, offset))
     return edits
 
 
@@ -868,8 +868,8 @@ def _log_grid(client, run_id, inverter, x, out_dir: Path, step: int, edits=()) -
     with torch.no_grad():
         codes = _inference(inverter, x)
         y_hat = inverter.generate(codes, noise_mode="const")
-        edited = [inverter.generate(apply_edit(codes, d, strength), noise_mode="const").cpu()
-                  for _, strength, d in edits]
+        edited = [inverter.generate(apply_edit(codes, offset, strength), noise_mode="const").cpu()
+                  for _, strength, offset in edits]
     inverter.train(was_training)
     path = _save_grid(out_dir / "images" / f"step_{step:07d}.png", x.cpu(), y_hat.cpu(), *edited)
     client.log_artifact(run_id, str(path), "images")

@@ -165,12 +165,7 @@ for i in range(min(n_images, 3)):
                "member. Optimisation baselines have no training curve.\n\n" + PARAMS_MD),
         ("code", SETUP),
         ("code", """\
-hist = []
-for m in runs.index:
-    h = R.training_history(runs.loc[m, "run_id"])
-    if not h.empty:
-        hist.append(h.assign(member=m, method=runs.loc[m, "method"]))
-hist = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["key", "step", "value", "member", "method"])
+hist = R.stack_members(runs, R.training_history, ["key", "step", "value"])
 counts = hist.groupby("key")["member"].nunique().sort_values(ascending=False)
 keys = list(counts.index[:9])
 print(counts.to_string())
@@ -201,13 +196,8 @@ else:
                "(`eval/per_image.csv` of each member), one box per member.\n\n" + PARAMS_MD),
         ("code", SETUP),
         ("code", """\
-frames = []
-for m in runs.index:
-    df = R.per_image(runs.loc[m, "run_id"])
-    if df is not None:
-        frames.append(df.assign(member=m, method=runs.loc[m, "method"]))
-assert frames, "no eval/per_image.csv artifacts"
-per = pd.concat(frames, ignore_index=True)
+per = R.stack_members(runs, R.per_image)
+assert len(per), "no eval/per_image.csv artifacts"
 value_cols = [c for c in per.columns if c not in ("member", "method", "image", "index")
               and pd.api.types.is_numeric_dtype(per[c]) and per[c].notna().any()]
 long = per.melt(id_vars=["member", "method"], value_vars=value_cols, var_name="metric").dropna()

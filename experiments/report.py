@@ -211,6 +211,17 @@ def mean_of(table: pd.DataFrame, pattern: str) -> pd.Series:
 # ------------------------------------------------------------------------------------------------
 # tables
 # ------------------------------------------------------------------------------------------------
+def stack_members(runs: pd.DataFrame, fetch, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """``fetch(run_id)`` (a frame, or None) for every member of ``runs``, tagged with ``member`` and
+    ``method`` and stacked; an empty frame with ``columns`` + member/method when no member has any."""
+    frames = []
+    for m in runs.index:
+        df = fetch(runs.loc[m, "run_id"])
+        if df is not None and not df.empty:
+            frames.append(df.assign(member=m, method=runs.loc[m, "method"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "member", "method"])
+
+
 def paired_differences(per: pd.DataFrame, reference: str, metrics: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-image paired comparison of every member with ``reference`` on the same test images.
 
