@@ -104,8 +104,8 @@ class ModulatedConv2d(nn.Module):
     cost more than the per-sample weights; activation modulation whenever autograd records (its
     backward is cheaper). Measured on 2 CPU threads, batch 8 (bench/bench_models.py): forward,
     activation modulation is 1.5x faster for 512 channels at 32 px, grouped 1.3x faster for 32
-    channels at 1024 px; forward+backward of the synth generator, activation modulation 1.7x
-    faster than grouped.
+    channels at 1024 px; forward+backward to W+ of the 64 px generator, activation modulation
+    2.3x faster than grouped.
     """
 
     AUTO_PIXELS_PER_CHANNEL = 16
