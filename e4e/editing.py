@@ -22,15 +22,16 @@ that mapping, named as such; ``sefa_directions`` + ``apply_edit`` edit the rows 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = ["load_direction", "direction_path", "direction_search_dirs", "load_ganspace_pca", "direction_offset",
-           "apply_edit", "fit_interfacegan", "ganspace_pca", "ganspace_edit", "GANSPACE_MODES",
+           "apply_edit", "fit_interfacegan", "fit_boundary", "BoundaryFit", "BoundaryNotConverged",
+           "ganspace_pca", "ganspace_edit", "GANSPACE_MODES",
            "modulation_rows", "sefa_directions", "sefa_official_rows"]
 
 DIRECTION_SUFFIXES = (".pt", ".pth", ".npy", ".npz")
@@ -181,51 +182,82 @@ def _select_extremes(latents, labels, ratio):
     return x, y
 
 
-def _lbfgs(params, loss_fn, iters=200):
-    opt = torch.optim.LBFGS(params, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
-                            tolerance_change=1e-12)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+class BoundaryNotConverged(RuntimeError):
+    """The boundary fit stopped before reaching its tolerance."""
 
 
-def _fit_svm(x, y, c=1.0, **_):
-    """Linear SVM, squared hinge + 0.5||w||^2 (as LinearSVC), bias unregularised."""
-    s = 2 * y - 1
-    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
-    b = torch.zeros((), dtype=x.dtype, requires_grad=True)
-    _lbfgs([w, b], lambda: 0.5 * w.pow(2).sum() + c * F.relu(1 - s * (x @ w + b)).pow(2).sum())
-    return w.detach()
+class BoundaryFit(NamedTuple):
+    normal: torch.Tensor   # unit normal [1, D], pointing towards increasing labels
+    info: dict             # fit quality and settings (see ``fit_boundary``)
 
 
-def _fit_logistic(x, y, c=1.0, **_):
-    w = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
-    b = torch.zeros((), dtype=x.dtype, requires_grad=True)
-    _lbfgs([w, b], lambda: 0.5 * w.pow(2).sum() + c * F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="sum"))
-    return w.detach()
+def _check(converged: bool, what: str, n_iter: int) -> None:
+    if not converged:
+        raise BoundaryNotConverged(f"{what} did not reach its tolerance ({n_iter} iterations); "
+                                   "raise max_iter or loosen tol")
 
 
-def _fit_regression(x, y, ridge=1e-3, **_):
+def _fit_svm(x, y, c=1.0, tol=1e-5, max_iter=-1):
+    """Linear SVM, hinge loss + 0.5||w||^2, as InterFaceGAN (``sklearn.svm.SVC(kernel='linear')``;
+    libsvm stops when the maximal KKT violation is below ``tol``, ``max_iter=-1``: no limit)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import SVC
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = SVC(kernel="linear", C=c, tol=tol, max_iter=max_iter).fit(x, y)
+    n_iter = int(np.sum(clf.n_iter_))
+    _check(clf.fit_status_ == 0, "SVC(kernel='linear')", n_iter)
+    info = {"C": c, "tol": tol, "n_iter": n_iter, "n_support": int(clf.n_support_.sum())}
+    return clf.coef_.ravel(), float(clf.intercept_[0]), info
+
+
+def _fit_logistic(x, y, c=1.0, tol=1e-8, max_iter=10_000):
+    """L2 logistic regression, C * sum log-loss + 0.5||w||^2 (sklearn, L-BFGS to gradient ``tol``)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = LogisticRegression(C=c, tol=tol, max_iter=max_iter).fit(x, y)
+    n_iter = int(np.max(clf.n_iter_))
+    _check(n_iter < max_iter, "LogisticRegression", n_iter)
+    return clf.coef_.ravel(), float(clf.intercept_[0]), {"C": c, "tol": tol, "n_iter": n_iter}
+
+
+def _fit_regression(x, y, ridge=1e-3):
+    """Ridge least squares of the scores (closed form)."""
     xc, yc = x - x.mean(0), y - y.mean()
-    a = xc.T @ xc + ridge * xc.shape[0] * torch.eye(x.shape[1], dtype=x.dtype)
-    return torch.linalg.solve(a, xc.T @ yc)
+    w = np.linalg.solve(xc.T @ xc + ridge * len(x) * np.eye(x.shape[1]), xc.T @ yc)
+    return w, float(y.mean() - x.mean(0) @ w), {"ridge": ridge, "n_iter": 0}
 
 
 _FITTERS = {"svm": (_fit_svm, True), "logistic": (_fit_logistic, True), "regression": (_fit_regression, False)}
 
 
-def fit_interfacegan(latents: torch.Tensor, labels: torch.Tensor, kind: str = "svm", ratio: float = 0.02,
-                     **kw) -> torch.Tensor:
-    """Unit normal ``[1, D]`` of a linear boundary in W separating the attribute (InterFaceGAN).
+def _split(y: np.ndarray, holdout: float, seed: int, classify: bool):
+    """Seeded train / held-out indices (per class for classifiers, as InterFaceGAN's split_ratio)."""
+    rng = np.random.RandomState(seed)
+    groups = [np.flatnonzero(y == v) for v in (0, 1)] if classify else [np.arange(len(y))]
+    train, val = [], []
+    for g in groups:
+        g = rng.permutation(g)
+        k = len(g) - int(round(holdout * len(g)))
+        train.append(g[:k])
+        val.append(g[k:])
+    return np.concatenate(train), np.concatenate(val)
 
-    ``kind``: 'svm' (linear SVM on the top/bottom ``ratio`` of scores, or on given binary labels; the
-    official InterFaceGAN uses 2%), 'logistic' (same selection, logistic regression) or 'regression'
-    (ridge least squares of the scores on all latents). Points towards increasing labels."""
+
+def fit_boundary(latents, labels, kind: str = "svm", ratio: float = 0.02, holdout: float = 0.3, seed: int = 0,
+                 **kw) -> BoundaryFit:
+    """InterFaceGAN boundary with its fit quality. ``kind``: 'svm' (linear SVM on the top/bottom
+    ``ratio`` of scores, or on given binary labels; the official InterFaceGAN uses 2%), 'logistic'
+    (same selection, logistic regression) or 'regression' (ridge least squares of the scores on all
+    latents). Fitted on a seeded split of the points, the ``holdout`` fraction (InterFaceGAN: 0.3)
+    held out; ``kw`` go to the fitter (``c``, ``tol``, ``max_iter``; ``ridge``). ``info``: kind, ratio,
+    n_train, n_val, converged (always True: a fit that misses its tolerance raises
+    ``BoundaryNotConverged``), n_iter, C / tol, train_accuracy and val_accuracy (classifiers) or
+    val_corr (regression: correlation of projection and score on the held-out points)."""
     try:
         fit, classify = _FITTERS[kind]
     except KeyError:
@@ -234,9 +266,25 @@ def fit_interfacegan(latents: torch.Tensor, labels: torch.Tensor, kind: str = "s
     y = torch.as_tensor(labels).double().reshape(-1)
     if classify:
         x, y = _select_extremes(x, y, ratio)
-        y = y.double()
-    w = fit(x, y, **kw)
-    return (w / w.norm()).float().reshape(1, -1)
+    x, y = x.double().numpy(), y.double().numpy()
+    tr, va = _split(y, holdout, seed, classify)
+    w, b, info = fit(x[tr], y[tr], **kw)
+    info = {"kind": kind, "ratio": ratio if classify else None, "n_train": len(tr), "n_val": len(va),
+            "converged": True, **info}
+    if classify:
+        acc = lambda i: float(np.mean((x[i] @ w + b > 0) == (y[i] > 0.5))) if len(i) else None  # noqa: E731
+        info.update(train_accuracy=acc(tr), val_accuracy=acc(va))
+    else:
+        info["val_corr"] = float(np.corrcoef(x[va] @ w, y[va])[0, 1]) if len(va) > 1 else None
+    normal = torch.from_numpy(w / np.linalg.norm(w)).float().reshape(1, -1)
+    return BoundaryFit(normal, info)
+
+
+def fit_interfacegan(latents: torch.Tensor, labels: torch.Tensor, kind: str = "svm", ratio: float = 0.02,
+                     **kw) -> torch.Tensor:
+    """Unit normal ``[1, D]`` of a linear boundary in W separating the attribute (InterFaceGAN);
+    ``fit_boundary(...).normal`` (see there)."""
+    return fit_boundary(latents, labels, kind, ratio, **kw).normal
 
 
 # =============================================================================================

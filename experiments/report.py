@@ -145,7 +145,7 @@ def group_of(metric: str) -> str | None:
 
 
 # per-row / per-level / raw breakdowns: kept in the full table, left out of the main one
-DETAIL = re.compile(r".*(_row\d+|_raw(_ref)?|_ref|_nn_raw|swd_\d+)$")
+DETAIL = re.compile(r".*(_row\d+|_raw(_ref)?|_ref|_nn_raw|swd(_shared)?_\d+)$")
 
 
 def metric_table(runs: pd.DataFrame, groups: Iterable[str] | None = None, detail: bool = True) -> pd.DataFrame:

@@ -9,12 +9,16 @@ generator output is pooled to it as the official inference does (``registry.resi
   package's linear layers ship with it; the torchvision AlexNet trunk must be the local file
   ``alexnet-owt-7be5be79.pth`` (torch hub cache / ./weights): it is loaded by hand into a trunk built
   with ``pnet_rand=True`` so nothing is downloaded. Absent -> ``MetricUnavailable``.
-- ``msssim``: multi-scale SSIM (Wang, Simoncelli & Bovik 2003): Gaussian window 11 / sigma 1.5, valid
-  convolution, K1 = 0.01, K2 = 0.03, data range 2 (images in [-1, 1]), 2x2 average-pool downsampling,
-  exponents (0.0448, 0.2856, 0.3001, 0.2363, 0.1333). Contrast-structure terms are clamped at 0
-  before the powers (negative values would give NaN). Scales are reduced automatically so that the
-  coarsest scale is still at least the window size (64 px -> 3 scales); the remaining exponents are
-  renormalised to sum to 1. Per image: mean over RGB channels.
+- ``msssim``: multi-scale SSIM (Wang, Simoncelli & Bovik 2003) on images mapped to [0, 1] ((x + 1) / 2,
+  clamped) with data range 1, the standard convention (SSIM's luminance term is not shift-invariant,
+  so [-1, 1] images with range 2 give different, lower values). Gaussian window 11 / sigma 1.5, valid
+  convolution, K1 = 0.01, K2 = 0.03, 2x2 average-pool downsampling (odd sizes: the last row/column
+  is repeated, as the reference MATLAB code's 'symmetric' filtering), exponents (0.0448, 0.2856,
+  0.3001, 0.2363, 0.1333). Contrast-structure terms are clamped at 0 before the powers (negative
+  values would give NaN). Scales are reduced automatically so that the coarsest scale is still at
+  least the window size (64 px -> 3 scales; >= 176 px -> all 5); the remaining exponents are
+  renormalised to sum to 1. Per image: mean over RGB channels. Equal to pytorch-msssim's ``ms_ssim``
+  (``data_range=1``) on even-sized images of more than 160 px (tested at 256x256 and 192x256).
 """
 from __future__ import annotations
 
@@ -57,22 +61,23 @@ def _ssim_terms(x, y, g, data_range):
 
 
 def msssim_scales(h: int, w: int, win: int = 11, max_scales: int = len(MSSSIM_WEIGHTS)) -> int:
-    n = 1
-    while n < max_scales and min(h, w) // 2 ** n >= win:
-        n += 1
+    """Number of scales whose (pooled, ceil-halved) size is still at least the window."""
     if min(h, w) < win:
         raise ValueError(f"MS-SSIM needs images of at least {win}x{win}, got {h}x{w}")
+    n, side = 1, min(h, w)
+    while n < max_scales and -(-side // 2) >= win:
+        n, side = n + 1, -(-side // 2)
     return n
 
 
-def msssim_per_image(y: torch.Tensor, x: torch.Tensor, data_range: float = 2.0, win: int = 11,
+def msssim_per_image(y: torch.Tensor, x: torch.Tensor, data_range: float = 1.0, win: int = 11,
                      sigma: float = 1.5, weights=MSSSIM_WEIGHTS) -> torch.Tensor:
-    """MS-SSIM per image [B] (see module docstring for the conventions)."""
-    x, y = x.float(), y.float()
+    """MS-SSIM per image [B] of images in [0, ``data_range``] (see the module docstring)."""
+    x, y = x.double(), y.double()  # float32 moments err by ~1e-5 in the contrast-structure terms
     n = msssim_scales(*x.shape[-2:], win=win, max_scales=len(weights))
     w = torch.tensor(weights[:n], dtype=torch.float64)
     w = w / w.sum()
-    g = _gaussian_window(win, sigma, torch.float32).to(x.device)
+    g = _gaussian_window(win, sigma, torch.float64).to(x.device)
     factors = []
     for i in range(n):
         ssim, cs = _ssim_terms(x, y, g, data_range)
@@ -81,8 +86,14 @@ def msssim_per_image(y: torch.Tensor, x: torch.Tensor, data_range: float = 2.0, 
             pad = (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)
             x = F.avg_pool2d(F.pad(x, pad, mode="replicate"), 2)
             y = F.avg_pool2d(F.pad(y, pad, mode="replicate"), 2)
-    vals = torch.stack(factors).double()  # [n, B, C]
+    vals = torch.stack(factors)  # [n, B, C]
     return torch.prod(vals ** w.to(vals).view(-1, 1, 1), dim=0).mean(1).float()
+
+
+def msssim_model_range(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """MS-SSIM per image of model-range images ([-1, 1]): mapped to [0, 1], data range 1."""
+    to01 = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
+    return msssim_per_image(to01(y), to01(x), data_range=1.0)
 
 
 def build_lpips_alex(device="cpu"):
@@ -112,8 +123,8 @@ def l2(ctx: EvalContext) -> MetricResult:
 
 @register_metric("msssim", needs=("inversions",))
 def msssim(ctx: EvalContext) -> MetricResult:
-    """Multi-scale SSIM (Wang et al. 2003), scales reduced for small images."""
-    return _paired(ctx, "msssim", msssim_per_image)
+    """Multi-scale SSIM (Wang et al. 2003) on [0, 1] images, data range 1, scales reduced for small images."""
+    return _paired(ctx, "msssim", msssim_model_range)
 
 
 @register_metric("lpips_alex", needs=("inversions", "weights:alexnet"))

@@ -14,11 +14,16 @@ inversions compared with the originals, at the evaluation size of the real image
 - ``swd``: sliced Wasserstein distance of ProGAN (Karras et al. 2018, ``metrics/sliced_wasserstein.py``):
   uint8 images, Laplacian pyramid with the 5x5 binomial filter /256 and mirror (reflect-101) borders
   as cv2.pyrDown/pyrUp, from the full resolution down to 16 px; per level 128 random 7x7x3
-  neighbourhoods per image; descriptors normalised per channel over all descriptors of the level
-  (each set separately); 4 repeats x 128 random unit directions; sorted projections, mean |A - B|;
-  x1e3; keys ``swd_<res>`` (res = level width) and ``swd_avg``. Deterministic: neighbourhood
-  positions are drawn once per image index and level from ``seed`` and shared by the two sets
-  (identical sets give exactly 0), directions from ``seed + 1``.
+  neighbourhoods per image, drawn independently for each of the two sets (the ProGAN protocol);
+  descriptors normalised per channel over all descriptors of the level (each set separately); 4
+  repeats x 128 random unit directions; sorted projections, mean |A - B|; x1e3; keys ``swd_<res>``
+  (res = level width) and ``swd_avg``. Deterministic: the real images' neighbourhoods are drawn from
+  ``[seed, 0]``, the reconstructions' from ``[seed, 1]``, directions from ``seed + 1``. Its floor (two
+  sets from one distribution, or even identical sets) is above 0: neighbourhood sampling noise.
+- ``swd_shared``: the same with the neighbourhood positions shared by the two sets (image i of both
+  sets sampled at the same positions; keys ``swd_shared_<res>``, ``swd_shared_avg``). Not ProGAN's
+  protocol and not comparable to published SWD: it removes the sampling noise (identical sets give
+  exactly 0, lower floor), useful for paired comparisons of reconstructions of the same images.
 """
 from __future__ import annotations
 
@@ -250,9 +255,10 @@ def _patches(level: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, half: int)
     return level[bi, ci, yy, xx].reshape(-1, c, 2 * half + 1, 2 * half + 1)
 
 
-def swd_descriptors(batches: Iterable[torch.Tensor], n_images: int, hw: tuple[int, int], seed: int = 0,
+def swd_descriptors(batches: Iterable[torch.Tensor], n_images: int, hw: tuple[int, int], seed=0,
                     per_image: int = 128, nhood: int = 7, min_res: int = 16) -> list[torch.Tensor]:
-    """Normalised descriptors per level ([N*per_image, 3*nhood*nhood] each) of images in [-1, 1]."""
+    """Normalised descriptors per level ([N*per_image, 3*nhood*nhood] each) of images in [-1, 1];
+    neighbourhood positions from ``np.random.RandomState(seed)`` (an int or a list of ints)."""
     n_levels = swd_levels(*hw, min_res=min_res)
     shapes = [(-(-hw[0] // 2 ** i), -(-hw[1] // 2 ** i)) for i in range(n_levels)]
     half = nhood // 2
@@ -292,23 +298,36 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, rng: np.random.RandomSt
     return float(np.mean(results))
 
 
-def swd_sets(a_batches, b_batches, n_images: int, hw: tuple[int, int], seed: int = 0, **kw) -> dict[str, float]:
-    """SWD between two image sets (iterables of [B,3,H,W] batches in [-1,1], same count)."""
-    da = swd_descriptors(a_batches, n_images, hw, seed, **kw)
-    db = swd_descriptors(b_batches, n_images, hw, seed, **kw)
+def swd_sets(a_batches, b_batches, n_images: int, hw: tuple[int, int], seed: int = 0, shared: bool = False,
+             prefix: str = "swd", **kw) -> dict[str, float]:
+    """SWD between two image sets (iterables of [B,3,H,W] batches in [-1,1], same count). ``shared``:
+    both sets sampled at the same neighbourhood positions (``swd_shared``); else each set draws its
+    own (ProGAN). Keys ``<prefix>_<res>`` per level and ``<prefix>_avg``."""
+    da = swd_descriptors(a_batches, n_images, hw, [seed, 0], **kw)
+    db = swd_descriptors(b_batches, n_images, hw, [seed, 0 if shared else 1], **kw)
     rng = np.random.RandomState(seed + 1)
     out = {}
     for lvl, (a, b) in enumerate(zip(da, db)):
-        out[f"swd_{-(-hw[1] // 2 ** lvl)}"] = sliced_wasserstein(a, b, rng) * 1e3
-    out["swd_avg"] = float(np.mean(list(out.values())))
+        out[f"{prefix}_{-(-hw[1] // 2 ** lvl)}"] = sliced_wasserstein(a, b, rng) * 1e3
+    out[f"{prefix}_avg"] = float(np.mean(list(out.values())))
     return out
+
+
+def _swd_metric(ctx: EvalContext, shared: bool, prefix: str) -> MetricResult:
+    if min(ctx.image_hw) < 16:
+        raise MetricUnavailable(f"{prefix} needs images of at least 16 px, got {ctx.image_hw}")
+    seed = int(ctx.option("swd_seed", ctx.seed))
+    recs = (b.y for b in ctx.inversions())
+    return MetricResult(swd_sets(ctx.batches(), recs, ctx.n_images, ctx.image_hw, seed, shared=shared, prefix=prefix))
 
 
 @register_metric("swd", needs=("inversions",))
 def swd(ctx: EvalContext) -> MetricResult:
-    """ProGAN sliced Wasserstein distance, reconstructions vs real, per level and averaged (x1e3)."""
-    if min(ctx.image_hw) < 16:
-        raise MetricUnavailable(f"swd needs images of at least 16 px, got {ctx.image_hw}")
-    seed = int(ctx.option("swd_seed", ctx.seed))
-    vals = swd_sets(ctx.batches(), (b.y for b in ctx.inversions()), ctx.n_images, ctx.image_hw, seed)
-    return MetricResult(vals)
+    """ProGAN sliced Wasserstein distance (independent neighbourhoods per set), reconstructions vs real (x1e3)."""
+    return _swd_metric(ctx, shared=False, prefix="swd")
+
+
+@register_metric("swd_shared", needs=("inversions",))
+def swd_shared(ctx: EvalContext) -> MetricResult:
+    """SWD with neighbourhood positions shared by both sets (paired, lower floor; not ProGAN's protocol)."""
+    return _swd_metric(ctx, shared=True, prefix="swd_shared")

@@ -90,6 +90,104 @@ def test_interfacegan_binary_labels():
         editing.fit_interfacegan(w, labels, "tree")
 
 
+def _boundary_problem(n=160, d=8, seed=0):
+    """Seeded, overlapping classes (so C and the support vectors matter)."""
+    rng = np.random.RandomState(seed)
+    normal = rng.randn(d) / np.sqrt(d)
+    x = rng.randn(n, d) * 1.5 + 0.5
+    y = (x @ normal + 0.4 * rng.randn(n) > 0.2).astype(float)
+    return x, y
+
+
+def _svm_dual(x, y, c):
+    """Independent hinge-loss SVM: the dual QP min 0.5 a'Qa - sum(a), 0 <= a <= C, sum(a s) = 0, by
+    scipy's interior-point trust-constr; w = sum(a s x)."""
+    from scipy.optimize import Bounds, LinearConstraint, minimize
+
+    s = 2 * y - 1
+    q = (s[:, None] * x) @ (s[:, None] * x).T
+    res = minimize(lambda a: 0.5 * a @ q @ a - a.sum(), np.zeros(len(y)), jac=lambda a: q @ a - 1, hess=lambda a: q,
+                   bounds=Bounds(0, c), constraints=LinearConstraint(s[None], 0, 0), method="trust-constr",
+                   options={"gtol": 1e-11, "xtol": 1e-13, "maxiter": 5000})
+    assert res.success, res.message
+    return (res.x * s) @ x
+
+
+def _cos(a, b):
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("c", [0.05, 1.0])
+def test_svm_boundary_matches_independent_dual_solver_and_svc(c):
+    from sklearn.svm import SVC
+
+    x, y = _boundary_problem()
+    fit = editing.fit_boundary(x, y, "svm", holdout=0.0, c=c)
+    normal = fit.normal.double().numpy().ravel()
+    assert fit.normal.shape == (1, 8) and np.linalg.norm(normal) == pytest.approx(1.0, abs=1e-6)
+    assert 1 - _cos(normal, _svm_dual(x, y, c)) < 1e-4
+    assert 1 - _cos(normal, SVC(kernel="linear", C=c).fit(x, y).coef_) < 1e-4
+    assert fit.info["converged"] and fit.info["C"] == c and fit.info["n_train"] == 160 and fit.info["n_iter"] > 0
+    # labels flipped -> the normal flips (points towards increasing labels)
+    flipped = editing.fit_boundary(x, 1 - y, "svm", holdout=0.0, c=c).normal.double().numpy().ravel()
+    assert _cos(normal, flipped) < -1 + 1e-4
+
+
+def test_logistic_boundary_converges_to_the_optimum():
+    from scipy.optimize import minimize
+
+    x, y = _boundary_problem(seed=1)
+    s = 2 * y - 1
+
+    def objective(p):  # 0.5||w||^2 + C sum log(1 + exp(-s (xw + b))), C = 1, bias unregularised
+        m = s * (x @ p[:-1] + p[-1])
+        g = -s * np.exp(-np.logaddexp(0, m))
+        return 0.5 * p[:-1] @ p[:-1] + np.logaddexp(0, -m).sum(), np.append(p[:-1] + x.T @ g, g.sum())
+
+    ref = minimize(objective, np.zeros(9), jac=True, method="BFGS", options={"gtol": 1e-10})
+    fit = editing.fit_boundary(x, y, "logistic", holdout=0.0)
+    assert fit.info["converged"] and 1 - _cos(fit.normal, ref.x[:-1]) < 1e-8
+    with pytest.raises(editing.BoundaryNotConverged, match="tolerance"):
+        editing.fit_boundary(x, y, "logistic", holdout=0.0, max_iter=2)
+    with pytest.raises(editing.BoundaryNotConverged, match="tolerance"):
+        editing.fit_boundary(x, y, "svm", holdout=0.0, max_iter=3)
+
+
+def test_boundary_fit_holdout_split_and_accuracy():
+    x, y = _boundary_problem(n=400, d=8, seed=2)
+    scores = torch.from_numpy(x @ np.ones(8) + np.random.RandomState(3).randn(400))
+    fit = editing.fit_boundary(torch.from_numpy(x), scores, "svm", ratio=0.25, seed=4)
+    info = fit.info
+    assert (info["n_train"], info["n_val"]) == (140, 60)           # 100 per side, 30% of each held out
+    assert 0.8 < info["val_accuracy"] <= 1.0 and info["train_accuracy"] > 0.8
+    again = editing.fit_boundary(torch.from_numpy(x), scores, "svm", ratio=0.25, seed=4)
+    assert torch.equal(fit.normal, again.normal) and again.info == info
+    other = editing.fit_boundary(torch.from_numpy(x), scores, "svm", ratio=0.25, seed=5)
+    assert not torch.equal(fit.normal, other.normal)
+    assert torch.equal(editing.fit_interfacegan(torch.from_numpy(x), scores, "svm", 0.25, seed=4), fit.normal)
+
+
+def test_build_directions_records_fit_quality(tmp_path):
+    import json
+
+    from e4e.synth import directions
+
+    class MeanAttr(torch.nn.Module):  # attribute = mean intensity of the red channel
+        ATTRIBUTES = ("smile", "yaw")
+
+        def forward(self, x):
+            return torch.stack([x[:, 0].mean((1, 2)), x[:, 1].mean((1, 2))], 1)
+
+    report = directions.build_directions(_tiny_generator(), MeanAttr(), tmp_path, n=500, progress=False)
+    saved = json.loads((tmp_path / "directions.json").read_text())
+    for name in ("smile", "yaw"):
+        fit = saved["interfacegan"][name]["fit"]
+        assert fit["kind"] == "svm" and fit["converged"] and fit["C"] == 1.0
+        assert (fit["n_train"], fit["n_val"]) == (14, 6) and 0 <= fit["val_accuracy"] <= 1
+    assert saved == json.loads(json.dumps(report)) and (tmp_path / "pose.pt").is_file()
+
+
 # ---------------------------------------------------------------------------------------------
 # GANSpace
 # ---------------------------------------------------------------------------------------------

@@ -149,14 +149,41 @@ def test_swd_identical_zero_and_grows_with_noise():
     x = _images(16, size=32)
     g = torch.Generator().manual_seed(3)
     noise = torch.randn(x.shape, generator=g)
-    zero = perception.swd_sets(x.split(5), x.split(8), 16, (32, 32))
-    assert set(zero) == {"swd_32", "swd_16", "swd_avg"}
-    assert zero["swd_avg"] == pytest.approx(0.0, abs=1e-6)
-    vals = [perception.swd_sets([x], [(x + s * noise).clamp(-1, 1)], 16, (32, 32))["swd_avg"]
-            for s in (0.05, 0.1, 0.2, 0.4)]
-    assert all(b > a for a, b in zip(vals, vals[1:])), vals
-    again = perception.swd_sets([x], [(x + 0.1 * noise).clamp(-1, 1)], 16, (32, 32))["swd_avg"]
-    assert again == vals[1]  # deterministic
+    shared = dict(shared=True, prefix="swd_shared")
+    zero = perception.swd_sets(x.split(5), x.split(8), 16, (32, 32), **shared)
+    assert set(zero) == {"swd_shared_32", "swd_shared_16", "swd_shared_avg"}
+    assert zero["swd_shared_avg"] == pytest.approx(0.0, abs=1e-6)
+    # ProGAN protocol: each set draws its own neighbourhoods, so even identical sets are apart
+    indep = perception.swd_sets(x.split(5), x.split(8), 16, (32, 32))
+    assert set(indep) == {"swd_32", "swd_16", "swd_avg"} and indep["swd_avg"] > 1.0
+    for kw in (shared, {}):
+        key = f"{kw.get('prefix', 'swd')}_avg"
+        vals = [perception.swd_sets([x], [(x + s * noise).clamp(-1, 1)], 16, (32, 32), **kw)[key]
+                for s in (0.05, 0.1, 0.2, 0.4)]
+        assert all(b > a for a, b in zip(vals, vals[1:])), (kw, vals)
+        again = perception.swd_sets([x], [(x + 0.1 * noise).clamp(-1, 1)], 16, (32, 32), **kw)[key]
+        assert again == vals[1]  # deterministic
+
+
+def _structured(n, seed, size=32):
+    """A fixed spatial layout (like aligned faces) plus per-image noise."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    layout = torch.stack([torch.sin(4 * xx) * torch.cos(3 * yy), xx * yy, torch.cos(5 * (xx ** 2 + yy ** 2))])
+    noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return (0.8 * layout + 0.15 * noise).clamp(-1, 1)
+
+
+def test_swd_floor_independent_vs_shared_neighbourhoods():
+    """Two sets from one distribution: sharing the neighbourhood positions removes their sampling
+    noise, so ``swd_shared`` has the lower floor; ``swd`` (ProGAN) keeps it."""
+    indep, shared = [], []
+    for s in range(4):
+        a, b = _structured(16, 2 * s), _structured(16, 2 * s + 1)
+        indep.append(perception.swd_sets([a], [b], 16, (32, 32), seed=s)["swd_avg"])
+        shared.append(perception.swd_sets([a], [b], 16, (32, 32), seed=s, shared=True,
+                                          prefix="swd_shared")["swd_shared_avg"])
+    assert max(shared) < min(indep), (shared, indep)
+    assert np.mean(indep) > 1.1 * np.mean(shared)
 
 
 def _np_pyr_down(img):
@@ -194,27 +221,84 @@ def test_laplacian_pyramid_matches_numpy_reference():
 def test_swd_batch_invariant_via_context():
     inv = LinearInverter(LinearGenerator(size=32), noise=0.05)
     x = _images(10, size=32)
-    a = get_metric("swd")(_ctx(inv, x, bs=3)).values
-    b = get_metric("swd")(_ctx(inv, x, bs=10)).values
-    assert a == b and a["swd_avg"] > 0
+    for name in ("swd", "swd_shared"):
+        a = get_metric(name)(_ctx(inv, x, bs=3)).values
+        b = get_metric(name)(_ctx(inv, x, bs=10)).values
+        assert a == b and a[f"{name}_avg"] > 0
+    assert get_metric("swd_shared")(_ctx(inv, x)).values["swd_shared_avg"] < a["swd_shared_avg"] + 1e-9
 
 
 # ---------------------------------------------------------------------------------------------
 # distortion
 # ---------------------------------------------------------------------------------------------
 def test_msssim_properties_and_single_scale_matches_skimage():
-    x = _images(3, size=64)
-    noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    x = (_images(3, size=64) + 1) / 2
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     assert torch.allclose(distortion.msssim_per_image(x, x), torch.ones(3), atol=1e-6)
     assert distortion.msssim_scales(64, 64) == 3 and distortion.msssim_scales(256, 256) == 5
-    assert distortion.msssim_scales(192, 256) == 5
+    assert distortion.msssim_scales(192, 256) == 5 and distortion.msssim_scales(161, 161) == 5
+    assert distortion.msssim_scales(160, 160) == 4
     assert (distortion.msssim_per_image(noisy, x) < 1).all()
     from skimage.metrics import structural_similarity
 
     mine = distortion.msssim_per_image(noisy, x, weights=(1.0,))
     ref = [structural_similarity(x[i].numpy(), noisy[i].numpy(), channel_axis=0, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, data_range=2.0) for i in range(3)]
+                                 use_sample_covariance=False, data_range=1.0) for i in range(3)]
     np.testing.assert_allclose(mine.numpy(), ref, atol=1e-5)
+
+
+def _np_msssim(x, y, weights=(0.0448, 0.2856, 0.3001)):
+    """MS-SSIM from its definition (Wang et al. 2003) for [C,H,W] images in [0,1] with even sizes:
+    11x11 Gaussian windows (sigma 1.5) over all valid positions, 2x2 block means between scales."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
+    win = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    w = np.array(weights) / np.sum(weights)
+    out = np.ones(x.shape[0])
+    for i, wi in enumerate(w):
+        mean = lambda a: (sliding_window_view(a, (11, 11), axis=(1, 2)) * win).sum((-2, -1))  # noqa: E731
+        mx, my = mean(x), mean(y)
+        vx, vy, cxy = mean(x * x) - mx ** 2, mean(y * y) - my ** 2, mean(x * y) - mx * my
+        cs = (2 * cxy + c2) / (vx + vy + c2)
+        term = cs * (2 * mx * my + c1) / (mx ** 2 + my ** 2 + c1) if i == len(w) - 1 else cs
+        out *= np.maximum(term.mean((1, 2)), 0) ** wi
+        block = lambda a: a.reshape(a.shape[0], a.shape[1] // 2, 2, a.shape[2] // 2, 2).mean((2, 4))  # noqa: E731
+        x, y = block(x), block(y)
+    return out.mean()
+
+
+def test_msssim_64px_three_scales_by_hand():
+    """64 px: 3 scales, exponents renormalised. (a) constant images a, b: every contrast-structure
+    term is 1 and the value is the luminance term ((2ab + C1) / (a^2 + b^2 + C1)) ** (w3 / (w1+w2+w3))
+    with C1 = 0.01^2 (data range 1); the registered metric gets [-1, 1] images and must map them.
+    (b) textured images against a numpy implementation of the definition."""
+    a, b = 0.3, 0.5
+    xa, xb = torch.full((1, 3, 64, 64), 2 * a - 1), torch.full((1, 3, 64, 64), 2 * b - 1)
+    expected = ((2 * a * b + 1e-4) / (a * a + b * b + 1e-4)) ** (0.3001 / (0.0448 + 0.2856 + 0.3001))
+    assert float(distortion.msssim_model_range(xa, xb)) == pytest.approx(expected, abs=1e-6)
+    x = (_images(2, size=64) + 1) / 2
+    y = (0.8 * x + 0.1 + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)
+    mine = distortion.msssim_per_image(y, x)
+    ref = [_np_msssim(x[i].double().numpy(), y[i].double().numpy()) for i in range(2)]
+    np.testing.assert_allclose(mine.numpy(), ref, atol=2e-6)
+    assert max(ref) < 0.99
+
+
+@pytest.mark.parametrize("hw,atol", [((256, 256), 2e-5), ((192, 256), 2e-5), ((176, 240), 2e-5),
+                                     ((161, 161), 2e-3)])
+def test_msssim_matches_pytorch_msssim(hw, atol):
+    """pytorch-msssim ``ms_ssim(data_range=1)`` (needs > 160 px); equal on even sizes. Odd sizes
+    (161): it zero-pads before the 2x2 pooling, we repeat the border as the reference MATLAB code."""
+    pms = pytest.importorskip("pytorch_msssim")
+    g = torch.Generator().manual_seed(hw[0])
+    x = torch.nn.functional.interpolate(torch.rand(3, 3, hw[0] // 8, hw[1] // 8, generator=g), size=hw,
+                                        mode="bilinear", align_corners=False)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    ref = pms.ms_ssim(y, x, data_range=1.0, size_average=False)
+    np.testing.assert_allclose(distortion.msssim_per_image(y, x).numpy(), ref.numpy(), atol=atol)
+    np.testing.assert_allclose(distortion.msssim_model_range(2 * y - 1, 2 * x - 1).numpy(), ref.numpy(), atol=atol)
 
 
 @pytest.mark.parametrize("name", ["l2", "msssim"])

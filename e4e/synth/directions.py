@@ -46,7 +46,7 @@ def build_directions(generator, attrnet, out_dir: str | Path = DEFAULT_DIR, n: i
     report = {"n_samples": n, "seed": seed, "interfacegan": {}}
     for name in names:
         k = list(attrnet.ATTRIBUTES).index(name)
-        d = editing.fit_interfacegan(ws, attrs[:, k], kind="svm", ratio=0.02)
+        d, fit = editing.fit_boundary(ws, attrs[:, k], kind="svm", ratio=0.02, seed=seed)
         torch.save(d, out_dir / f"{name}.pt")
         if name in FFHQ_NAMES:
             torch.save(d, out_dir / f"{FFHQ_NAMES[name]}.pt")
@@ -54,7 +54,7 @@ def build_directions(generator, attrnet, out_dir: str | Path = DEFAULT_DIR, n: i
         proj = (ws - ws.mean(0)) @ d.reshape(-1)
         corr = torch.corrcoef(torch.stack([proj, attrs[:, k]]))[0, 1].item()
         report["interfacegan"][name] = {"corr_projection_attribute": round(corr, 4),
-                                        "attr_std": round(attrs[:, k].std().item(), 4)}
+                                        "attr_std": round(attrs[:, k].std().item(), 4), "fit": fit}
     torch.save(editing.ganspace_pca(generator, n=min(n * 5, 100_000), seed=seed), out_dir / "ganspace_pca.pt")
     vecs, vals, rows = editing.sefa_directions(generator, "all")
     torch.save({"directions": vecs, "eigenvalues": vals, "rows": torch.tensor(rows)}, out_dir / "sefa.pt")
