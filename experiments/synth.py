@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    python -m experiments.synth build --out data/synth               # render the data set
+    python -m experiments.synth build --out data/synth               # render the data set (--gap: realism gap)
     python -m experiments.synth train-attrnet --data data/synth      # rebuild the attribute net
 
 Other modules add subcommands: if ``e4e.synth.gan`` or ``e4e.synth.directions`` import and define
@@ -24,6 +24,8 @@ _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _add_build(sub):
+    from e4e.synth.dataset import DEFAULT_GAP
+
     p = sub.add_parser("build", help="render the synth data set (PNG folders + attributes.csv)", formatter_class=_FMT)
     p.add_argument("--out", default="data/synth", help="output folder")
     p.add_argument("--n-train", type=int, default=30000, help="training images")
@@ -33,6 +35,11 @@ def _add_build(sub):
     p.add_argument("--size", type=int, default=64, help="image size in pixels")
     p.add_argument("--supersample", type=int, default=3, help="render at size*supersample, then box-filter down")
     p.add_argument("--workers", type=int, default=2, help="rendering processes (<=1: in this process)")
+    p.add_argument("--gap", type=float, default=DEFAULT_GAP,
+                   help="realism gap of the 'real' images (all splits): details the generator, trained on clean "
+                        "renders, never sees (skin texture, freckles, moles, scar, earrings, headband, background "
+                        "patterns, extra saturation, yaw/smile past their range); 0 = clean renders, ~1 = strong; "
+                        "the default is DEFAULT_GAP in e4e/synth/dataset.py")
     p.set_defaults(func=_run_build)
 
 
@@ -41,8 +48,8 @@ def _run_build(args):
 
     t0 = time.time()
     counts = build_dataset(args.out, args.n_train, args.n_test, args.n_val, seed=args.seed, size=args.size,
-                           supersample=args.supersample, workers=args.workers)
-    print(json.dumps(dict(out=args.out, counts=counts, wall_s=round(time.time() - t0, 1))))
+                           supersample=args.supersample, workers=args.workers, gap=args.gap)
+    print(json.dumps(dict(out=args.out, counts=counts, gap=args.gap, wall_s=round(time.time() - t0, 1))))
 
 
 def _add_train_attrnet(sub):

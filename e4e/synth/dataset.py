@@ -4,12 +4,17 @@ Layout written under ``out``::
 
     train/000000.png ...   test/000000.png ...   val/000000.png ...
     attributes.csv         split,filename,<one column per attribute in ATTRIBUTES order>
-    meta.json              seed, counts, image size, supersampling and the attribute table
+    meta.json              seed, counts, image size, supersampling, realism gap and the attribute table
 
 Each split draws its attributes from its own stream ``np.random.default_rng([seed, split_id])``, so
 the test and val sets do not depend on ``n_train``. Rendering is a pure function of the attributes
 and PNG encoding uses fixed settings, so the same arguments give the same bytes; the CSV stores the
 exact float32 attributes, so ``render`` reproduces any image from its CSV row.
+
+With ``gap`` > 0 every split holds "real" images: image i of split ``split_id`` is
+``render(row, gap=gap, seeds=[(seed, split_id, i)])`` of its CSV row, where the row holds the values
+actually rendered (``stretch_attributes`` may have pushed yaw/smile past their ranges). The generator
+trains on clean renders (``e4e.synth.distill``), so the details are the realism gap.
 """
 from __future__ import annotations
 
@@ -22,22 +27,31 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .render import ATTRIBUTE_SPECS, ATTRIBUTES, render, sample_attributes
+from .render import (ATTRIBUTE_SPECS, ATTRIBUTES, BEYOND_MAX, BEYOND_RANGE, REALISM_DETAILS, render,
+                     sample_attributes, stretch_attributes)
 
-__all__ = ["SPLITS", "build_dataset", "read_attributes", "write_attributes_csv"]
+__all__ = ["SPLITS", "DEFAULT_GAP", "build_dataset", "image_seeds", "read_attributes", "write_attributes_csv"]
 
 SPLITS = ("train", "test", "val")  # order fixes the per-split random stream ids
+#: Realism gap of ``python -m experiments.synth build`` when ``--gap`` is not given.
+DEFAULT_GAP = 0.5
 _PNG_OPTS = dict(format="PNG", compress_level=6)
 
 
+def image_seeds(seed: int, split: str, start: int, stop: int) -> list[tuple[int, int, int]]:
+    """Per-image realism-gap seeds of images ``start..stop-1`` of ``split`` in a data set built with ``seed``."""
+    sid = SPLITS.index(split)
+    return [(seed, sid, i) for i in range(start, stop)]
+
+
 def _render_chunk(job):
-    """Worker: render one chunk and write its PNGs. ``job`` = (folder, first index, attrs, size, ss)."""
+    """Worker: render one chunk and write its PNGs. ``job`` = (folder, first index, attrs, size, ss, gap, seeds)."""
     import torch
     from PIL import Image
 
     torch.set_num_threads(1)
-    folder, start, attrs, size, ss = job
-    images = render(attrs, size=size, supersample=ss, chunk=16)
+    folder, start, attrs, size, ss, gap, seeds = job
+    images = render(attrs, size=size, supersample=ss, chunk=16, gap=gap, seeds=seeds)
     for k, im in enumerate(images):
         Image.fromarray(im).save(os.path.join(folder, f"{start + k:06d}.png"), **_PNG_OPTS)
     return len(images)
@@ -45,11 +59,14 @@ def _render_chunk(job):
 
 def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 1000, n_val: int = 1000,
                   seed: int = 0, size: int = 64, supersample: int = 3, workers: int = 2,
-                  chunk: int = 128, progress: bool = True) -> dict:
+                  chunk: int = 128, progress: bool = True, gap: float = 0.0) -> dict:
     """Render the splits into ``out`` and write ``attributes.csv`` and ``meta.json``.
 
     Returns the counts per split. ``workers`` processes render in parallel (each single-threaded);
-    ``workers <= 1`` renders in this process."""
+    ``workers <= 1`` renders in this process. ``gap`` is the realism gap of all splits (0: the clean
+    renderer; the CLI's default is ``DEFAULT_GAP``)."""
+    if not gap >= 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
     out = Path(out)
     counts = dict(train=n_train, test=n_test, val=n_val)
     attrs = {}
@@ -59,9 +76,11 @@ def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 10
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.png"):
             stale.unlink()
-        attrs[split] = sample_attributes(counts[split], np.random.default_rng([seed, sid]))
+        seeds = image_seeds(seed, split, 0, counts[split])
+        clean = sample_attributes(counts[split], np.random.default_rng([seed, sid]))
+        attrs[split] = stretch_attributes(clean, gap, seeds)  # the values rendered (= clean at gap 0)
         for i in range(0, counts[split], chunk):
-            jobs.append((str(folder), i, attrs[split][i:i + chunk], size, supersample))
+            jobs.append((str(folder), i, attrs[split][i:i + chunk], size, supersample, gap, seeds[i:i + chunk]))
 
     bar = tqdm(total=sum(counts.values()), desc="render synth", unit="img", disable=not progress)
     if workers <= 1:
@@ -74,10 +93,21 @@ def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 10
     bar.close()
 
     write_attributes_csv(out / "attributes.csv", attrs)
-    meta = dict(seed=seed, counts=counts, size=size, supersample=supersample,
+    meta = dict(seed=seed, counts=counts, size=size, supersample=supersample, gap=float(gap),
+                realism_gap=_gap_meta(gap),
                 attributes={k: dict(low=lo, high=hi, description=d) for k, (lo, hi, d) in ATTRIBUTE_SPECS.items()})
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return counts
+
+
+def _gap_meta(gap: float) -> dict:
+    if gap <= 0:
+        return dict(description="none: clean renders, the generator's own distribution")
+    return dict(description="details the clean renderer (and the generator trained on it) never draws; "
+                            "strength grows with gap (about 1 is strong); in details G = gap, m = min(G, 1)",
+                details=REALISM_DETAILS,
+                attribute_ranges={k: [-1 - BEYOND_MAX * gap, 1 + BEYOND_MAX * gap] for k in BEYOND_RANGE},
+                reproduce="image i of split s: render(csv_row, gap=gap, seeds=[(seed, SPLITS.index(s), i)])")
 
 
 def write_attributes_csv(path: str | os.PathLike, attrs: dict[str, np.ndarray]) -> None:

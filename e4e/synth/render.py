@@ -22,6 +22,12 @@ are deliberate so that edits can leak as they do in real faces:
 - glasses present with probability 0.12 + 0.45 age, then opacity ~ U(0.55, 1), else 0;
 - hair_length ~ U(0, 1) - 0.3 age (clipped): older faces have shorter hair on average;
 - yaw ~ N(0, 0.45), light ~ U(-1, 1), bg_gradient ~ U(-1, 1); the hues and skin tone ~ U(0, 1).
+
+Realism gap (``render(..., gap=G, seeds=...)``, ``stretch_attributes``): "real" images get details the
+clean renderer never draws (skin texture, freckles, moles, a scar, earrings, a headband, patterned
+backgrounds, extra saturation; ``REALISM_DETAILS``) and a few yaw/smile values past their range, from a
+random stream per image. The generator is trained on clean renders (gap 0, bit-identical to a call
+without ``gap``), so these details are what a W-space inversion cannot reach.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ATTRIBUTES", "ATTRIBUTE_SPECS", "attr_index", "sample_attributes", "render",
-           "default_attributes"]
+           "default_attributes", "stretch_attributes", "REALISM_DETAILS", "BEYOND_RANGE", "BEYOND_RATE",
+           "BEYOND_MAX"]
 
 #: name -> (low, high, description). The order of this dict is the column order of attribute arrays.
 ATTRIBUTE_SPECS: dict[str, tuple[float, float, str]] = {
@@ -168,8 +175,11 @@ def _project(x0, theta, radius=HEAD_A):
 
 
 @torch.no_grad()
-def _draw(at: dict[str, torch.Tensor], res: int) -> torch.Tensor:
-    """Draw a batch (attribute name -> [B] tensor) at ``res`` pixels: float RGB [B, 3, res, res] in [0, 1]."""
+def _draw(at: dict[str, torch.Tensor], res: int, real: "_RealismGap | None" = None) -> torch.Tensor:
+    """Draw a batch (attribute name -> [B] tensor) at ``res`` pixels: float RGB [B, 3, res, res] in [0, 1].
+
+    ``real`` (the realism-gap details of this batch) paints extra layers at fixed points of the drawing
+    order, so faces, hair and glasses occlude them as they would; ``None`` draws the clean face."""
     B = at["yaw"].shape[0]
     cv = _Canvas(B, res)
     u, v = cv.u, cv.v
@@ -186,6 +196,8 @@ def _draw(at: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     bg = _hsv(at["bg_hue"] * 0.8, torch.full_like(yaw, 0.38), torch.full_like(yaw, 0.78))
     grad = 1 - 0.32 * _col(at["bg_gradient"]) * v - 0.12 * (u * u + v * v)
     cv.img = bg[:, :, None, None] * grad[:, None]
+    if real is not None:
+        real.background(cv)
 
     # --- colours
     skin = _lerp(torch.tensor([0.97, 0.80, 0.68]), torch.tensor([0.42, 0.27, 0.18]), at["skin_tone"][:, None])
@@ -226,11 +238,15 @@ def _draw(at: dict[str, torch.Tensor], res: int) -> torch.Tensor:
         eu = hcu + side * (HEAD_A - 0.01) * (1 - 0.25 * far)
         d_ear = _ellipse(u, v, eu, torch.tensor(0.02), 0.075 * (1 - 0.8 * far), torch.tensor(0.12))
         cv.paint(cv.cov(d_ear), skin[:, :, None, None] * 0.9 * shade)
+        if real is not None:
+            real.earring(cv, eu, shade)
 
     # --- face
     d_face = _ellipse(u, v, hcu, HEAD_CV, a_side, torch.tensor(HEAD_B))
     face_cov = cv.cov(d_face)
     cv.paint(face_cov, skin[:, :, None, None] * shade)
+    if real is not None:
+        real.skin(cv, face_cov, skin, shade, hcu)
 
     # feature positions on the cylinder
     def fpos(x0, radius=HEAD_A):
@@ -321,6 +337,8 @@ def _draw(at: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     a_cap = torch.where(u - hcu > 0, a_right, a_left) + 0.04
     cap = torch.maximum(_ellipse(u, v, hcu, HEAD_CV - 0.03, a_cap, torch.tensor(HEAD_B + 0.03)), v - hline)
     H.paint(H.cov(cap), hair[:, :, None, None] * H.crop(shade))
+    if real is not None:
+        real.headband(cv, hcu, a_right, a_left, shade)
 
     # --- glasses: tinted lenses, round frames, bridge and arms (eye band)
     u, v = E.u, E.v
@@ -340,24 +358,262 @@ def _draw(at: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     d_br = _segment(u, v, inner[0], torch.tensor(-0.07), inner[1], torch.tensor(-0.07)) - 0.009
     E.paint(E.cov(d_br) * g, frame)
 
+    if real is not None:
+        real.saturate(cv)
     return cv.img
 
 
-def render(attrs, size: int = 64, supersample: int = 3, chunk: int = 64) -> np.ndarray:
+# ----------------------------------------------------------------------------- the realism gap
+#
+# Real photographs carry detail that the clean renderer (and so a generator trained on it) never
+# produces. ``render(..., gap=G, seeds=...)`` adds such detail to each image from that image's own
+# random stream; ``stretch_attributes`` pushes a few attribute values beyond the sampled ranges.
+# Each image draws the same numbers in the same order whatever G is, and G only scales strengths and
+# rates, so a larger gap strengthens the same details. Only exact float operations (no
+# transcendentals) touch pixels, so an image does not depend on its batch or chunk.
+
+BEYOND_RANGE = ("yaw", "smile")  # attributes that stretch_attributes may push past their spec range
+BEYOND_RATE, BEYOND_MAX = 0.2, 0.3  # fraction min(G,1)*RATE of images per attribute; |x| <= 1 + MAX*G
+_N_FRECKLES, _N_MOLES, _N_BLOBS = 20, 3, 5
+_STRETCH_STREAM, _DETAIL_STREAM = 1, 2  # sub-stream tags of an image's seed
+
+#: Detail type -> what it is and how it scales with the gap G (m = min(G, 1)); written to meta.json.
+REALISM_DETAILS: dict[str, str] = {
+    "skin_texture": "per-pixel multiplicative luminance noise on the face skin, std 0.045*G",
+    "freckles": f"up to {_N_FRECKLES} small brown dots on cheeks and nose; count ~ m, opacity ~ G",
+    "moles": f"up to {_N_MOLES} dark spots anywhere on the face, each with probability 0.5*m",
+    "scar": "a thin reddish line on one cheek, probability 0.25*m",
+    "earrings": "gold or silver studs or hoops on both ear lobes, probability 0.4*m",
+    "headband": "a coloured band across the top of the head, probability 0.3*m",
+    "background_pattern": "stripes, checks or blobs in a second colour over the background, opacity up to 0.6*G",
+    "saturation": "colour saturation of the whole image raised by (0.3..0.7)*G, probability 0.3*m",
+    "attributes_beyond_range": f"{' and '.join(BEYOND_RANGE)} each pushed to |x| = 1 + U(0, {BEYOND_MAX})*G "
+                               f"with probability {BEYOND_RATE}*m (stretch_attributes; the CSV records the values used)",
+}
+
+
+def _stream(seed, tag: int) -> np.random.Generator:
+    """Sub-stream ``tag`` of one image's seed (an int or a sequence of ints)."""
+    entropy = [int(seed)] if np.ndim(seed) == 0 else [int(x) for x in seed]
+    return np.random.default_rng([*entropy, tag])
+
+
+def _check_seeds(seeds, n: int) -> list:
+    if seeds is None or len(seeds) != n:
+        raise ValueError(f"gap > 0 needs seeds, one per image ({n}), e.g. [(seed, i) for i in range(n)]; "
+                         f"got {None if seeds is None else len(seeds)}")
+    return list(seeds)
+
+
+def _bounds(gap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipping range of each attribute: the spec range, widened for ``BEYOND_RANGE`` when gap > 0."""
+    lo = torch.tensor([ATTRIBUTE_SPECS[k][0] for k in ATTRIBUTES])
+    hi = torch.tensor([ATTRIBUTE_SPECS[k][1] for k in ATTRIBUTES])
+    if gap > 0:
+        wide = torch.tensor([k in BEYOND_RANGE for k in ATTRIBUTES])
+        lo = torch.where(wide, lo - BEYOND_MAX * gap, lo)
+        hi = torch.where(wide, hi + BEYOND_MAX * gap, hi)
+    return lo, hi
+
+
+def stretch_attributes(attrs, gap: float, seeds) -> np.ndarray:
+    """The attribute values a "real" image of the gap-``gap`` data set is rendered with.
+
+    For each image and each attribute of ``BEYOND_RANGE`` (symmetric, range [-1, 1]), with probability
+    ``BEYOND_RATE * min(gap, 1)`` the value becomes ``sign(x) * (1 + U(0, BEYOND_MAX) * gap)``: past
+    the range the generator is trained on. Drawn from each image's seed in ``seeds`` (as ``render``'s),
+    so image i depends only on row i and seed i. Returns a float32 copy; gap 0 returns it unchanged."""
+    a = np.array(attrs, dtype=np.float32)
+    if gap <= 0:
+        return a
+    m = min(gap, 1.0)
+    for i, s in enumerate(_check_seeds(seeds, len(a))):
+        flag, over = _stream(s, _STRETCH_STREAM).random((2, len(BEYOND_RANGE)))
+        for j, name in enumerate(BEYOND_RANGE):
+            if flag[j] < BEYOND_RATE * m:
+                col = attr_index(name)
+                a[i, col] = math.copysign(1.0 + BEYOND_MAX * gap * over[j], a[i, col])
+    return a
+
+
+def _detail_draws(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+    """One image's raw draws (uniforms unless noted), always the same shapes in the same order."""
+    bg = rng.random(7)  # pattern kind, angle, period, 2 phases, opacity, hue
+    scar = rng.random(6)  # presence, side, u, v, angle, length
+    return dict(
+        bg=bg, bg_dir=np.array([math.cos(math.pi * bg[1]), math.sin(math.pi * bg[1])]),
+        blobs=rng.random((_N_BLOBS, 3)),  # u, v, radius
+        noise=rng.standard_normal((size, size)),  # skin texture, one value per output pixel
+        freckles=rng.random((_N_FRECKLES, 5)),  # presence, u, v, radius, opacity
+        density=rng.random(1),  # how freckled the face is
+        moles=rng.random((_N_MOLES, 5)),  # presence, u, v, radius, opacity
+        scar=scar, scar_dir=np.array([math.cos(math.pi * scar[4]), math.sin(math.pi * scar[4])]),
+        earrings=rng.random(4),  # presence, stud/hoop, gold/silver, size
+        headband=rng.random(5),  # presence, hue, height, width, curvature
+        saturation=rng.random(2),  # presence, amount
+    )
+
+
+class _RealismGap:
+    """The realism-gap details of one batch, painted by ``_draw`` at its hooks.
+
+    Parameters come from each image's stream (``_detail_draws``); patterns and spots are computed on
+    the output-pixel grid and repeated ``supersample`` times (so the box filter gives them back as
+    drawn), accessories are drawn as signed-distance shapes on the render canvas like the face."""
+
+    def __init__(self, gap: float, seeds, size: int, supersample: int):
+        draws = [_detail_draws(_stream(s, _DETAIL_STREAM), size) for s in seeds]
+        self.d = {k: torch.from_numpy(np.stack([x[k] for x in draws])).float() for k in draws[0]}
+        self.gap, self.m, self.ss = float(gap), min(float(gap), 1.0), supersample
+        c = ((torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1) * EXTENT
+        self.v, self.u = c[None, :, None], c[None, None, :]  # output-pixel centres
+        self.px = 2.0 * EXTENT / size
+
+    def _up(self, x):
+        """[B, size, size] -> [B, size*ss, size*ss] by repetition."""
+        return x.repeat_interleave(self.ss, -1).repeat_interleave(self.ss, -2)
+
+    def _present(self, u, rate):
+        return (u < rate * self.m).float()
+
+    def _window(self, cv, u0, u1, v0, v1):
+        """The render-canvas window over [u0, u1] x [v0, v1], aligned to output pixels, and its
+        (rows, cols) on the output grid."""
+        def span(x0, x1):
+            n = self.u.shape[-1]
+            return slice(max(0, int((x0 / EXTENT + 1) / 2 * n)), min(n, int((x1 / EXTENT + 1) / 2 * n) + 1))
+        rows, cols = span(v0, v1), span(u0, u1)
+        r = slice(rows.start * self.ss, rows.stop * self.ss)
+        c = slice(cols.start * self.ss, cols.stop * self.ss)
+        return _Canvas(0, cv.res, cv.img[:, :, r, c], cv.u[:, :, c], cv.v[:, r, :], r, c), rows, cols
+
+    def _spots(self, u, v, cu, cv, r, opacity):
+        """Coverage [B, h, w] on the output-grid coordinates ``u`` [1,1,w], ``v`` [1,h,1] of the union of
+        discs (centres, radii, opacities: [B, K])."""
+        du = u[None] - cu[:, :, None, None]
+        dv = v[None] - cv[:, :, None, None]
+        d = torch.sqrt(du * du + dv * dv) - r[:, :, None, None]
+        return (torch.clamp(0.5 - d / self.px, 0, 1) * opacity[:, :, None, None]).amax(1)
+
+    def background(self, cv):
+        """Stripes, checks or blobs in a second colour over the background."""
+        b, bl = self.d["bg"], self.d["blobs"]
+        kind = torch.clamp((b[:, 0] * 3).long(), max=2)[:, None, None]
+        ca, sa = _col(self.d["bg_dir"][:, 0]), _col(self.d["bg_dir"][:, 1])
+        period = _col(0.1 + 0.2 * b[:, 2])
+
+        def wave(x):  # soft square wave in [-1, 1], period 1
+            return torch.clamp(8 * torch.abs(x - torch.floor(x) - 0.5) - 2, -1, 1)
+
+        stripes = wave((self.u * ca + self.v * sa) / period + _col(b[:, 3]))
+        checks = stripes * wave((self.v * ca - self.u * sa) / period + _col(b[:, 4]))
+        blobs = torch.zeros_like(stripes)
+        for k in range(_N_BLOBS):
+            r = _col(0.12 + 0.2 * bl[:, k, 2])
+            du, dv = (self.u - _col(1.6 * bl[:, k, 0] - 0.8)) / r, (self.v - _col(1.6 * bl[:, k, 1] - 0.8)) / r
+            blobs = blobs + torch.clamp(1 - du * du - dv * dv, min=0) ** 2
+        pattern = torch.where(kind == 0, stripes, torch.where(kind == 1, checks, 2 * torch.clamp(blobs, max=1) - 1))
+        alpha = (pattern + 1) * 0.5 * _col(torch.clamp(self.gap * (0.25 + 0.35 * b[:, 5]), max=0.6))
+        second = _hsv(b[:, 6], torch.full_like(b[:, 6], 0.5), torch.full_like(b[:, 6], 0.75))
+        cv.paint(self._up(alpha), second)
+
+    def earring(self, cv, eu, shade):
+        """A stud or a hoop on the lobe of the ear centred at ``eu`` ([B,1,1])."""
+        e = self.d["earrings"]
+        present = self._present(e[:, 0], 0.4)
+        if not present.any():  # painting with zero coverage is an exact no-op: skip the work
+            return
+        W = cv.window(-0.62, 0.62, 0.05, 0.3)
+        hoop = _col(e[:, 1] >= 0.5)
+        radius = torch.where(hoop, _col(0.03 + 0.016 * e[:, 3]), torch.zeros(()))
+        width = torch.where(hoop, torch.tensor(0.009), _col(0.018 + 0.012 * e[:, 3]))
+        dist = torch.sqrt((W.u - eu) ** 2 + (W.v - 0.125 - radius) ** 2 + 1e-12)
+        alpha = W.cov(torch.abs(dist - radius) - width) * _col(present)
+        metal = torch.where((e[:, 2] < 0.5)[:, None], torch.tensor([[0.95, 0.76, 0.3]]), torch.tensor([[0.88, 0.88, 0.92]]))
+        W.paint(alpha, metal[:, :, None, None] * (0.3 + 0.7 * W.crop(shade)))
+
+    def skin(self, cv, face_cov, skin, shade, hcu):
+        """Skin texture, freckles, moles and a scar, painted before the features so those cover them."""
+        g, m = self.gap, self.m
+        W, rows, cols = self._window(cv, -0.56, 0.56, HEAD_CV - HEAD_B - 0.02, HEAD_CV + HEAD_B + 0.02)  # the face
+        W.img.mul_(1 + (0.045 * g) * self._up(self.d["noise"][:, rows, cols])[:, None] * W.crop(face_cov)[:, None])
+        hu = hcu[:, :, 0]  # [B, 1]
+        mo = self.d["moles"]
+        moles = self._spots(self.u[:, :, cols], self.v[:, rows, :], hu + 0.7 * mo[..., 1] - 0.35,
+                            HEAD_CV + 0.9 * mo[..., 2] - 0.45, 0.012 + 0.01 * mo[..., 3],
+                            self._present(mo[..., 0], 0.5) * min(1.0, 0.6 + 0.4 * g) * (0.7 + 0.3 * mo[..., 4]))
+        W.paint(self._up(moles) * W.crop(face_cov), torch.tensor([0.24, 0.14, 0.1])[None, :, None, None] * W.crop(shade))
+        # freckles: a band over the cheeks and the nose
+        f = self.d["freckles"]
+        density = torch.clamp(1.5 * self.d["density"] - 0.5, 0, 1)  # a third of faces have none
+        W, rows, cols = self._window(cv, -0.37, 0.37, -0.15, 0.21)
+        freckles = self._spots(self.u[:, :, cols], self.v[:, rows, :], hu + 0.6 * f[..., 1] - 0.3,
+                               -0.12 + 0.3 * f[..., 2], 0.008 + 0.01 * f[..., 3],
+                               (f[..., 0] < m * density).float() * torch.clamp(g * (0.6 + 0.4 * f[..., 4]), max=0.9))
+        W.paint(self._up(freckles) * W.crop(face_cov),
+                skin[:, :, None, None] * torch.tensor([0.7, 0.5, 0.38])[:, None, None] * W.crop(shade))
+        # a scar on one cheek
+        s, d = self.d["scar"], self.d["scar_dir"]
+        present = self._present(s[:, 0], 0.25)
+        if not present.any():
+            return
+        S = cv.window(-0.5, 0.5, -0.1, 0.38)
+        side = torch.where(s[:, 1] < 0.5, -1.0, 1.0)
+        cu, cvv, half = hcu + _col(side * (0.14 + 0.14 * s[:, 2])), _col(0.02 + 0.18 * s[:, 3]), _col(0.05 + 0.04 * s[:, 5])
+        du, dv = half * _col(d[:, 0]), half * _col(d[:, 1])
+        alpha = S.cov(_segment(S.u, S.v, cu - du, cvv - dv, cu + du, cvv + dv) - 0.008)
+        alpha = alpha * _col(present) * 0.85 * S.crop(face_cov)
+        S.paint(alpha, (skin * torch.tensor([0.8, 0.5, 0.5]))[:, :, None, None] * S.crop(shade))
+
+    def headband(self, cv, hcu, a_right, a_left, shade):
+        """A coloured band across the top of the head, on the hair."""
+        h = self.d["headband"]
+        present = self._present(h[:, 0], 0.3)
+        if not present.any():
+            return
+        W = cv.window(-0.62, 0.62, -0.75, -0.1)
+        top = _col(-0.62 + 0.1 * h[:, 2]) + _col(0.5 + 0.5 * h[:, 4]) * (W.u - hcu) ** 2
+        band = torch.maximum(top - W.v, W.v - top - _col(0.045 + 0.04 * h[:, 3]))
+        a = torch.where(W.u - hcu > 0, a_right, a_left) + 0.052
+        alpha = W.cov(torch.maximum(band, _ellipse(W.u, W.v, hcu, HEAD_CV - 0.03, a, torch.tensor(HEAD_B + 0.045))))
+        colour = _hsv(h[:, 1], torch.full_like(h[:, 1], 0.7), torch.full_like(h[:, 1], 0.8))
+        W.paint(alpha * _col(present), colour[:, :, None, None] * W.crop(shade))
+
+    def saturate(self, cv):
+        """Raise the colour saturation of some images past anything the clean renderer draws."""
+        s = self.d["saturation"]
+        idx = torch.nonzero(s[:, 0] < 0.3 * self.m)[:, 0]
+        img = cv.img[idx]
+        lum = (img[:, 0:1] + img[:, 1:2] + img[:, 2:3]) / 3
+        cv.img[idx] = lum + (img - lum) * (1 + self.gap * (0.3 + 0.4 * s[idx, 1]))[:, None, None, None]
+
+
+def render(attrs, size: int = 64, supersample: int = 3, chunk: int = 64, gap: float = 0.0,
+           seeds=None) -> np.ndarray:
     """Render attribute vectors [n, K] (columns in ``ATTRIBUTES`` order) to uint8 [n, size, size, 3].
 
     Drawn at ``size * supersample`` pixels and box-filtered down. A pure function of ``attrs``:
-    each image depends only on its own row (the batch is split into ``chunk``-sized pieces)."""
+    each image depends only on its own row (the batch is split into ``chunk``-sized pieces).
+
+    ``gap`` > 0 adds the realism gap (``REALISM_DETAILS``), details the clean renderer never draws,
+    more and stronger with larger ``gap`` (about 1 is strong); ``seeds`` then gives one seed per image
+    (an int or a tuple of ints), and image i is a pure function of row i and seed i. With gap > 0 the
+    attributes of ``BEYOND_RANGE`` are clipped to a range widened by ``BEYOND_MAX * gap`` (see
+    ``stretch_attributes``). ``gap`` = 0 (the default) ignores ``seeds`` and draws the clean faces."""
     a = torch.as_tensor(np.asarray(attrs, dtype=np.float32))
     if a.dim() != 2 or a.shape[1] != len(ATTRIBUTES):
         raise ValueError(f"attrs must be [n, {len(ATTRIBUTES)}] in the order {ATTRIBUTES}, got {tuple(a.shape)}")
-    lo = torch.tensor([ATTRIBUTE_SPECS[k][0] for k in ATTRIBUTES])
-    hi = torch.tensor([ATTRIBUTE_SPECS[k][1] for k in ATTRIBUTES])
+    if not gap >= 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    if gap > 0:
+        seeds = _check_seeds(seeds, a.shape[0])
+    lo, hi = _bounds(gap)
     a = torch.maximum(torch.minimum(a, hi), lo)
     out = np.empty((a.shape[0], size, size, 3), np.uint8)
     for i in range(0, a.shape[0], chunk):
         part = a[i:i + chunk]
-        img = _draw({k: part[:, j] for j, k in enumerate(ATTRIBUTES)}, size * supersample)
+        real = _RealismGap(gap, seeds[i:i + chunk], size, supersample) if gap > 0 else None
+        img = _draw({k: part[:, j] for j, k in enumerate(ATTRIBUTES)}, size * supersample, real)
         img = F.avg_pool2d(img, supersample) if supersample > 1 else img
         out[i:i + chunk] = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
