@@ -15,14 +15,26 @@ reference, where editing works as well as it can.
 - ``edit_<attr>_id``: cosine similarity of AttrNet penultimate features of y0 and y1 (identity
   drift; the target attribute changes these features too, so compare with ``edit_<attr>_id_ref``).
 Per image: ``edit_<attr>_gain_raw``, ``edit_<attr>_leak``, ``edit_<attr>_id``.
+
+``edit_fid_<direction>_<strength>`` (e.g. ``edit_fid_smile_3``; any domain with a generator and the
+attribute net): edit realism, the ``fid_domain`` distance (attribute-net penultimate features) between
+the edited inversions G(E(x) + s*d) of the test images (constant noise, at the evaluation size) and
+``options['edit_fid_n_ref']`` (default 5000) plain generator samples G(mapping(z)) (z seeded by
+``ctx.seed``; not edited). Edits of codes off W's manifold give unnatural images and raise it;
+``edit_fid_<direction>_0`` is the unedited baseline. The samples' features are cached in ``ctx.cache``
+and on disk as ``fid_inception``'s references (``options['fid_cache_dir']``), keyed by a digest of the
+generator's weights, the seed, the count, the size and the feature network's digest.
 """
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from e4e.editing import direction_offset
-from metrics.lec import resolve_direction
+from metrics.lec import resolve_offset
+from metrics.perception import build_domain_features, cached_reference_features, extract_features, fid_from_features
 from metrics.registry import EvalContext, MetricResult, register_metric, resize_like, unavailable_on_missing
 
 
@@ -86,10 +98,9 @@ def edit_attr(ctx: EvalContext, attr: str) -> MetricResult:
     with unavailable_on_missing(f"edit_{attr}"):
         probe = ctx.cached("attr_probe", lambda: load_probe(ctx.device))
     target = probe.index(attr)
-    direction = resolve_direction(ctx, attr)
     s = float(ctx.option("edit_strength", 3.0))
+    offset = resolve_offset(ctx, attr)
     inv = ctx.inversions()
-    offset = direction_offset(direction, inv[0].codes.shape[1], inv[0].codes.shape[2])
     gen = ctx.generator
     generate = lambda w: gen.synthesis(w, noise_mode="const")  # noqa: E731
 
@@ -111,3 +122,60 @@ def edit_attr(ctx: EvalContext, attr: str) -> MetricResult:
               f"{p}_id": float(cos_inv.mean()), f"{p}_id_ref": float(cos_ref.mean())}
     per_image = {f"{p}_gain_raw": gain_raw.tolist(), f"{p}_leak": leak.tolist(), f"{p}_id": cos_inv.tolist()}
     return MetricResult(values, per_image)
+
+
+# ---------------------------------------------------------------------------------------------
+# edit realism: FID of edited inversions against plain generator samples
+# ---------------------------------------------------------------------------------------------
+def module_digest(module: torch.nn.Module) -> str:
+    """Content hash of a module's state dict (keys, shapes, dtypes and bytes)."""
+    h = hashlib.sha1()
+    for key, value in sorted(module.state_dict().items()):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}:{tuple(value.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class GeneratorSamples:
+    """``n`` seeded plain generator samples G(mapping(z)) at the evaluation size, as the image source
+    that ``perception.cached_reference_features`` reads (its on-disk key is ``data_path``: the
+    generator's digest and the seed)."""
+
+    def __init__(self, ctx: EvalContext, n: int):
+        self.generator, self.n_images, self.seed = ctx.generator, n, ctx.seed
+        self.image_hw, self.device, self.options = ctx.image_hw, ctx.device, ctx.options
+        self.data_path = f"generator:{module_digest(self.generator)}:seed{self.seed}"
+
+    def option(self, key: str, default):
+        return self.options.get(key, default)
+
+    @torch.no_grad()
+    def batches(self):
+        for w in reference_samples(self.generator, self.n_images, self.seed):
+            yield resize_like(self.generator.synthesis(w, noise_mode="const"), self.image_hw)
+
+
+def generator_reference_features(ctx: EvalContext, fn) -> np.ndarray:
+    """``fn`` features of ``options['edit_fid_n_ref']`` (default 5000) generator samples; cached in
+    ``ctx.cache`` and on disk (``perception.cached_reference_features``, keyed by the generator)."""
+    n = int(ctx.option("edit_fid_n_ref", 5000))
+
+    def build():
+        net_sha = module_digest(getattr(fn, "__self__", fn))
+        return cached_reference_features(GeneratorSamples(ctx, n), fn, net_sha)
+
+    return ctx.cached(f"edit_fid_reference:{n}:{ctx.seed}", build)
+
+
+@register_metric("edit_fid_<direction>_<strength>", needs=("inversions", "generator", "attrnet", "directions"))
+def edit_fid(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
+    """Edit realism: fid_domain of edited inversions G(w + s d) vs plain generator samples."""
+    name = f"edit_fid_{direction}_{strength}"
+    with unavailable_on_missing(name):
+        fn = ctx.cached("domain_features", lambda: build_domain_features(ctx.device))
+    offset, s = resolve_offset(ctx, direction).to(ctx.device), float(strength)
+    edited = (resize_like(ctx.inverter.generate(b.codes.to(ctx.device) + s * offset), ctx.image_hw)
+              for b in ctx.inversions())
+    feats = extract_features(fn, edited, device=ctx.device)
+    return MetricResult({name: fid_from_features(generator_reference_features(ctx, fn), feats)})

@@ -12,6 +12,14 @@ Two aggregations, both reported by ``lec_<direction>_<strength>`` (e.g. ``lec_ag
   evaluation batch size.
 - ``lec_<direction>_<strength>``: per image, the same percentile filter applied to images, average.
 
+Image-space variants of the same cycle (w = E(x), w' = E(G(w + s*d)) - s*d, computed once per
+direction and strength and shared with ``lec_``), aggregated per image as ``lec_``:
+- ``lec_img_<direction>_<strength>``: per-pixel MSE on [-1, 1] between G(w') and the first inversion
+  G(w), both at the input size.
+- ``lec_feat_<direction>_<strength>``: 1 - cosine similarity of the domain's identity features
+  (synth: the attribute network's penultimate features; FFHQ ArcFace, other domains MoCo) of G(w')
+  and G(w); unavailable when that network's file is absent.
+
 Directions: ``ctx.directions[name]`` (a tensor [1,D] / [1,n_latent,D], a file path, or a GANSpace spec dict
 ``{'pca', 'index', 'start', 'end'}`` applied additively so that the inverse edit is exact), else the
 domain's direction file ``e4e.editing.load_direction(domain, name)`` (FFHQ example: age.pt, s = 3).
@@ -24,7 +32,9 @@ import numpy as np
 import torch
 
 from e4e.editing import direction_offset, load_direction
-from metrics.registry import EvalContext, MetricResult, MetricUnavailable, register_metric, resize_like
+from metrics.distortion import l2_per_image
+from metrics.registry import (EvalContext, MetricResult, MetricUnavailable, register_metric, resize_like,
+                              unavailable_on_missing)
 
 OFFICIAL_BATCH = 8
 
@@ -68,26 +78,36 @@ def resolve_direction(ctx: EvalContext, name: str):
     return d
 
 
+def resolve_offset(ctx: EvalContext, name: str) -> torch.Tensor:
+    """Unit-strength per-row offset [1, n_latent, D] of direction ``name`` for this context's codes."""
+    direction = resolve_direction(ctx, name)  # before inverting: an unknown direction costs nothing
+    codes = ctx.inversions()[0].codes
+    return direction_offset(direction, codes.shape[1], codes.shape[2])
+
+
 @torch.no_grad()
-def lec_distances(inverter, batches, offset: torch.Tensor, strength: float, device="cpu") -> torch.Tensor:
-    """Per-image LEC distances for ``batches`` of (x, codes) pairs (codes = inverter.invert(x))."""
-    out = []
-    for x, codes in batches:
-        codes = codes.to(device)
-        off = offset.to(codes)
-        edited = resize_like(inverter.generate(codes + strength * off), tuple(x.shape[-2:]))
-        codes2 = inverter.invert(edited)
-        out.append((codes - (codes2 - strength * off)).flatten(1).norm(dim=1).float().cpu())
-    return torch.cat(out)
+def undo_edit(inverter, x: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, strength: float) -> torch.Tensor:
+    """The LEC cycle: E(G(codes + s*d)) - s*d, the edited image brought to the size of ``x``."""
+    off = offset.to(codes)
+    edited = resize_like(inverter.generate(codes + strength * off), tuple(x.shape[-2:]))
+    return inverter.invert(edited) - strength * off
+
+
+def edit_cycle(ctx: EvalContext, direction: str, strength: str) -> list[torch.Tensor]:
+    """Per evaluation batch, the codes after the LEC cycle (CPU); computed once per direction and
+    strength and shared by the latent (``lec_``) and image-space (``lec_img_``, ``lec_feat_``) variants."""
+
+    def build():
+        offset, s = resolve_offset(ctx, direction), float(strength)
+        return [undo_edit(ctx.inverter, b.x, b.codes.to(ctx.device), offset, s).float().cpu()
+                for b in ctx._progress(ctx.inversions(), f"lec {direction}")]
+
+    return ctx.cached(f"lec_cycle:{direction}:{float(strength)}", build)
 
 
 def _lec(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
-    d = resolve_direction(ctx, direction)
-    s = float(strength)
-    inv = ctx.inversions()
-    offset = direction_offset(d, inv[0].codes.shape[1], inv[0].codes.shape[2])
-    dist = lec_distances(ctx.inverter, ((b.x, b.codes) for b in ctx._progress(inv, f"lec {direction}")), offset, s,
-                         ctx.device)
+    cycled = edit_cycle(ctx, direction, strength)
+    dist = torch.cat([(b.codes - back).flatten(1).norm(dim=1) for b, back in zip(ctx.inversions(), cycled)])
     key = f"{direction}_{strength}"
     values = {f"lec_{key}": lec_per_image(dist), f"lec_official_{key}": lec_official(dist)}
     return MetricResult(values, {f"lec_{key}": dist.tolist()})
@@ -103,3 +123,50 @@ def lec(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
 def lec_official_metric(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
     """Same computation as ``lec_<direction>_<strength>`` (both aggregations are reported)."""
     return _lec(ctx, direction, strength)
+
+
+# ---------------------------------------------------------------------------------------------
+# image-space editing consistency
+# ---------------------------------------------------------------------------------------------
+def domain_identity(ctx: EvalContext, metric: str):
+    """The domain's identity network (``e4e.data`` domain table; synth: the attribute net's
+    L2-normalised features), shared with the ``id_*`` metrics; MetricUnavailable when absent."""
+    from e4e.data import DOMAINS
+    from e4e.identity import build_identity
+
+    if ctx.domain not in DOMAINS:
+        raise MetricUnavailable(f"{metric}: no identity network is known for domain {ctx.domain!r}")
+    kind = DOMAINS[ctx.domain].identity
+    with unavailable_on_missing(metric):
+        return ctx.cached(f"identity:{kind}", lambda: build_identity(kind, ctx.device))
+
+
+@torch.no_grad()
+def cycled_images(ctx: EvalContext, direction: str, strength: str):
+    """Per batch: the first inversion G(w) and G(E(G(w + s*d)) - s*d), both at the images' size (CPU)."""
+    for b, back in zip(ctx.inversions(), edit_cycle(ctx, direction, strength)):
+        yield b.y, resize_like(ctx.inverter.generate(back.to(ctx.device)), ctx.image_hw).float().cpu()
+
+
+@torch.no_grad()
+def _image_lec(ctx: EvalContext, prefix: str, direction: str, strength: str, score) -> MetricResult:
+    dist = torch.cat([score(y0, y1) for y0, y1 in cycled_images(ctx, direction, strength)])
+    key = f"{prefix}_{direction}_{strength}"
+    return MetricResult({key: lec_per_image(dist)}, {key: dist.tolist()})
+
+
+@register_metric("lec_img_<direction>_<strength>", needs=("inversions", "generator", "directions"))
+def lec_img(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
+    """Image-space LEC: per-pixel MSE of G(E(G(w + s d)) - s d) vs the inversion G(w), per image."""
+    return _image_lec(ctx, "lec_img", direction, strength, l2_per_image)
+
+
+@register_metric("lec_feat_<direction>_<strength>", needs=("inversions", "generator", "directions", "attrnet"))
+def lec_feat(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
+    """Feature-space LEC: 1 - cosine of identity features of G(E(G(w + s d)) - s d) and G(w), per image."""
+    net = domain_identity(ctx, f"lec_feat_{direction}_{strength}")
+
+    def score(y0, y1):
+        return 1 - (net(y0.to(ctx.device)) * net(y1.to(ctx.device))).sum(1).float().cpu()
+
+    return _image_lec(ctx, "lec_feat", direction, strength, score)
