@@ -19,6 +19,12 @@
      'encoder': state_dict, 'decoder': state_dict (rosinality keys), 'latent_avg': [n_latent, D],
      'config': dict | None, 'extra': dict | None}   # plain containers only
 
+* this project's encoder-trunk files (``save_trunk``, e.g. the synth domain's pretrained trunk),
+  format ``e4e-lab-trunk``: ``{'format', 'version': 1, 'arch': {'backbone', 'width', 'units',
+  'input_nc', 'input_size'}, 'state_dict': the stem (``input_layer``) and ``body`` tensors,
+  'extra': dict | None}``; ``init_encoder_from_trunk`` copies one into an encoder of the same
+  architecture.
+
 Any other file gets one clear error: missing (FileNotFoundError / WeightsMissingError), not a
 PyTorch file or truncated (ValueError "not a PyTorch checkpoint"), or the wrong kind ("this is a
 ... checkpoint, use ...").
@@ -44,6 +50,7 @@ from e4e.models.stylegan2 import Generator, default_channels
 
 INVERTER_FORMAT = "e4e-lab-inverter"
 TRAIN_FORMAT = "e4e-lab-train"
+TRUNK_FORMAT = "e4e-lab-trunk"
 SAFE_GLOBALS = (argparse.Namespace,)
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +119,7 @@ def _is_mapping(obj) -> bool:
 KINDS: list[tuple[str, Callable[[dict], bool]]] = [
     (INVERTER_FORMAT, lambda o: o.get("format") == INVERTER_FORMAT),
     (TRAIN_FORMAT, lambda o: o.get("format") == TRAIN_FORMAT),
+    (TRUNK_FORMAT, lambda o: o.get("format") == TRUNK_FORMAT),
     ("official_inverter", lambda o: _is_mapping(o.get("state_dict"))
      and any(str(k).startswith("encoder.") for k in o["state_dict"])),
     ("generator", lambda o: "g_ema" in o or ("style.1.weight" in o and "input.input" in o)),
@@ -122,6 +130,8 @@ KIND_HELP = {
     "official_inverter": "an encoder (e4e / pSp / ReStyle) checkpoint, use e4e.checkpoints.load_inverter",
     TRAIN_FORMAT: "an e4e-lab training (resume) checkpoint; use load_inverter on the inverter.pt / "
                   "best_inverter.pt written next to it",
+    TRUNK_FORMAT: "an e4e-lab encoder trunk, use the config key model.trunk_init "
+                  "(e4e.checkpoints.init_encoder_from_trunk)",
     "generator": "a StyleGAN2 generator checkpoint, use e4e.checkpoints.load_generator",
     "arcface": "an IR-SE-50 ArcFace checkpoint (model_ir_se50.pth), use e4e.identity / "
                "e4e.models.backbones.Backbone",
@@ -375,22 +385,79 @@ def load_inverter(path, device="cpu", allow_pickle: bool = False, method: str | 
     return loaders[kind]().to(device)
 
 
+def _copy_trunk(encoder: nn.Module, trunk: dict, generator: torch.Generator | None = None) -> list[str]:
+    """Load ``trunk`` tensors into ``encoder``; the first conv is fitted to the encoder's input
+    channels (extra ones N(0,1), as pSp/ReStyle do for 6-channel inputs). Copies nothing and returns
+    the offending keys when a tensor is missing from the encoder or has another shape."""
+    from e4e.models.backbones import expand_input_channels
+
+    own = encoder.state_dict()
+    trunk = dict(trunk)
+    first = next((k for k in trunk if k.endswith("weight") and trunk[k].ndim == 4), None)  # the stem conv
+    if first in own and trunk[first].shape[1] != own[first].shape[1]:
+        trunk[first] = expand_input_channels(trunk[first], own[first].shape[1], generator)
+    bad = [k for k, v in trunk.items() if k not in own or v.shape != own[k].shape]
+    if not bad and trunk:
+        encoder.load_state_dict(trunk, strict=False)
+    return bad if trunk else ["(no trunk tensors)"]
+
+
 def init_encoder_from_irse50(encoder: nn.Module, path=None, generator: torch.Generator | None = None) -> nn.Module:
     """Official encoder initialisation for faces: copy ``model_ir_se50.pth`` into ``input_layer`` and
     ``body`` (extra input channels N(0,1), as pSp/ReStyle do for 6-channel inputs)."""
-    from e4e.models.backbones import expand_input_channels
-
     sd = load_checkpoint(weights.require("ir_se50", path))
     own = encoder.state_dict()
-    trunk = {k: v for k, v in sd.items() if k.split(".")[0] in ("input_layer", "body") and k in own}
-    w = trunk.get("input_layer.0.weight")
-    if w is not None and w.shape[1] != own["input_layer.0.weight"].shape[1]:
-        trunk["input_layer.0.weight"] = expand_input_channels(w, own["input_layer.0.weight"].shape[1], generator)
-    bad = [k for k, v in trunk.items() if v.shape != own[k].shape]
-    if bad or not trunk:
+    bad = _copy_trunk(encoder, {k: v for k, v in sd.items() if k.split(".")[0] in ("input_layer", "body")
+                                and k in own}, generator)
+    if bad:
         raise ValueError(f"{path or 'model_ir_se50.pth'}: does not fit the encoder trunk (e.g. {bad[:4]}); "
                          "use the full-width IR-SE-50 encoder")
-    encoder.load_state_dict(trunk, strict=False)
+    return encoder
+
+
+def trunk_arch(kwargs: dict) -> dict:
+    """``{'backbone', 'width', 'units'}`` of a trunk from constructor keyword arguments
+    (``EncoderBase.config()`` or a trunk file's ``arch``); units None = the backbone's default."""
+    from e4e.models.backbones import TRUNKS
+
+    backbone = kwargs.get("backbone", "ir_se50")
+    return {"backbone": backbone, "width": float(kwargs.get("width", 1.0)),
+            "units": [int(n) for n in (kwargs.get("units") or TRUNKS[backbone][1])]}
+
+
+def trunk_state_dict(module: nn.Module) -> dict:
+    """The trunk tensors (stem + ``body``) of a ``TrunkMixin`` module, on the CPU."""
+    roots = module.trunk_modules()
+    return {k: v.detach().cpu() for k, v in module.state_dict().items() if k.split(".")[0] in roots}
+
+
+def save_trunk(module: nn.Module, path, arch: dict, extra: dict | None = None) -> Path:
+    """Write an encoder-trunk file (format ``e4e-lab-trunk``, see the module docstring), atomically."""
+    ck = {"format": TRUNK_FORMAT, "version": 1, "arch": _plain(arch), "state_dict": trunk_state_dict(module),
+          "extra": _plain(extra)}
+    return _atomic_save(ck, path)
+
+
+def load_trunk(path) -> dict:
+    """An encoder-trunk file as saved by :func:`save_trunk` (a wrong kind of file is a ValueError)."""
+    obj = load_checkpoint(path)
+    kind = checkpoint_kind(obj)
+    if kind != TRUNK_FORMAT:
+        raise _wrong_kind(path, kind, "encoder trunk", obj)
+    return obj
+
+
+def init_encoder_from_trunk(encoder: nn.Module, path, generator: torch.Generator | None = None) -> nn.Module:
+    """Copy a trunk file into ``encoder`` (an ``EncoderBase``); the backbone, width and units must be
+    the encoder's. Input channels may differ (ReStyle's 6: RGB filters first, the rest N(0,1))."""
+    obj = load_trunk(path)
+    have, want = trunk_arch(obj["arch"]), trunk_arch(encoder.config())
+    if have != want:
+        raise ValueError(f"{path}: the trunk's architecture {have} does not match the encoder's {want}")
+    missing = [k for k in trunk_state_dict(encoder) if k not in obj["state_dict"]]
+    bad = missing or _copy_trunk(encoder, obj["state_dict"], generator)
+    if bad:
+        raise ValueError(f"{path}: the trunk does not fit the encoder (e.g. {bad[:4]})")
     return encoder
 
 

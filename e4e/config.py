@@ -61,6 +61,10 @@ class ModelConfig:
     restyle_iters: int = 5       # ReStyle: refinement iterations per batch (train and test)
     noise_mode: str = "random"   # generator noise while training (official: randomize_noise=True)
     init_checkpoint: str = ""    # optional inverter checkpoint to start the encoder from (fine-tuning)
+    # encoder trunk initialisation (input_layer + body; applied before init_checkpoint, which overrides
+    # it): "" random | "synth" the committed synth trunk (e4e/synth/assets/encoder_trunk_synth64.pt,
+    # small preset) | "ir_se50" model_ir_se50.pth (full-width IR-SE-50) | a path to a trunk file
+    trunk_init: str = ""
 
 
 @dataclass

@@ -486,12 +486,32 @@ def _build_inverter(cfg: C.TrainConfig, generator, latent_avg, input_size):
     if cfg.model.method.startswith("restyle_"):
         kwargs.setdefault("n_iters", cfg.model.restyle_iters)
     inv = factory(generator, latent_avg=latent_avg, input_size=input_size, **kwargs)
+    if cfg.model.trunk_init:
+        _init_trunk(cfg, _encoder_of(inv))
     if cfg.model.init_checkpoint:
         from e4e.checkpoints import load_inverter
 
         src = load_inverter(cfg.model.init_checkpoint)
         _encoder_of(inv).load_state_dict(_encoder_of(src).state_dict(), strict=True)
     return inv
+
+
+def _init_trunk(cfg: C.TrainConfig, encoder: nn.Module) -> None:
+    """``model.trunk_init``: copy a pretrained trunk into the encoder (extra input channels of
+    6-channel encoders are N(0,1) from a generator seeded by ``cfg.seed``); a file that is missing or
+    does not fit the encoder is a ConfigError naming it."""
+    from e4e.weights import WeightsMissingError
+
+    spec, seeded = cfg.model.trunk_init, torch.Generator().manual_seed(cfg.seed)
+    try:
+        if spec == "ir_se50":
+            CK.init_encoder_from_irse50(encoder, generator=seeded)
+        else:
+            CK.init_encoder_from_trunk(encoder, SYNTH_TRUNK if spec == "synth" else spec, generator=seeded)
+    except WeightsMissingError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise C.ConfigError(f"model.trunk_init={spec!r}: {e}") from None
 
 
 def _weights_path(key: str) -> Callable[[], Path]:
@@ -503,6 +523,7 @@ def _weights_path(key: str) -> Callable[[], Path]:
 
 
 SYNTH_GENERATOR = Path(__file__).resolve().parent / "synth" / "assets" / "generator_synth64.pt"
+SYNTH_TRUNK = SYNTH_GENERATOR.with_name("encoder_trunk_synth64.pt")  # model.trunk_init=synth
 DEFAULT_GENERATORS: dict[str, Callable[[], Path]] = {
     "synth": lambda: SYNTH_GENERATOR,
     "ffhq": _weights_path("stylegan2_ffhq"), "cars": _weights_path("stylegan2_cars"),

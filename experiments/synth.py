@@ -5,8 +5,9 @@ Subcommands::
     python -m experiments.synth build --out data/synth               # render the data set (--gap: realism gap)
     python -m experiments.synth train-attrnet --data data/synth      # rebuild the attribute net
 
-Other modules add subcommands: if ``e4e.synth.gan`` or ``e4e.synth.directions`` import and define
-``add_cli(subparsers)``, it is called to register theirs (e.g. ``train-generator``, ``directions``).
+Other modules add subcommands: if a module of ``_EXTENSIONS`` (``e4e.synth.gan``,
+``e4e.synth.directions``, ``e4e.synth.trunk``, ...) imports and defines ``add_cli(subparsers)``, it is
+called to register theirs (e.g. ``train-generator``, ``directions``, ``pretrain-trunk``).
 Each registered subparser sets ``func`` (via ``set_defaults``) to the function that runs it.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 __all__ = ["build_parser", "main"]
 
-_EXTENSIONS = ("e4e.synth.gan", "e4e.synth.directions")
+_EXTENSIONS = ("e4e.synth.gan", "e4e.synth.directions", "e4e.synth.trunk")
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 

@@ -163,6 +163,10 @@ class TrunkMixin:
             ends.append(total - 1)
         self.stage_ends = tuple(ends)
 
+    def trunk_modules(self) -> tuple[str, ...]:
+        """Names of the trunk's child modules (the stem, then ``body``): the keys a trunk file holds."""
+        return (*self._stem, "body")
+
     def trunk_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         for name in self._stem:
             x = getattr(self, name)(x)
