@@ -76,7 +76,7 @@ GRID_KEYS = {"grid", "description", "extends", "domain", "config", "method_confi
              "members", "overrides", "evaluate", "profiles", "exclude", "default_profile", "prepare"}
 PREPARE_KEYS = {"command", "creates", "description"}
 PROFILE_KEYS = {"description", "overrides", "methods", "members", "evaluate", "exclude", "jobs"}
-MEMBER_KEYS = {"method", "name", "depends_on", "overrides"}
+MEMBER_KEYS = {"method", "name", "depends_on", "overrides", "evaluate"}
 SWITCH_KEYS = {"key", "label", "default"}
 EVAL_KEYS = {"metrics", "n_images", "batch_size", "qualitative", "options", "data"}
 
@@ -97,6 +97,7 @@ class Member:
     overrides: dict[str, Any] = field(default_factory=dict)    # dotted config key -> value (resolved)
     depends_on: list[str] = field(default_factory=list)
     config_files: list[str] = field(default_factory=list)      # domain config, method config (merge order)
+    evaluate: dict[str, Any] = field(default_factory=dict)     # merged over the grid's evaluation spec
 
 
 @dataclass
@@ -260,8 +261,10 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
         if data.get("method_config"):
             mc = _repo_path(str(data["method_config"]).format(method=method), path)
             files += [str(mc)] if mc.exists() else []
+        m_eval = raw.get("evaluate") or {}
+        _check_keys(m_eval, EVAL_KEYS, f"{name}: member {mname} evaluate")
         members.append(Member(mname, method, i, opts, overrides, [deps] if isinstance(deps, str) else list(deps),
-                              files))
+                              files, m_eval))
     names = [m.name for m in members]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -443,7 +446,7 @@ def plan(grid: GridSpec, tracking_uri: str, runs_dir: str | Path = DEFAULT_RUNS_
         h = member_hash(h, [tasks[d].config_hash for d in m.depends_on])
         out_dir = Path(runs_dir) / grid.domain / grid.name / f"{m.name}-{h[:10]}"
         t = MemberTask(grid.name, grid.domain, grid.profile, m, h, str(out_dir), tracking_uri, exp_id,
-                       evaluate=dict(grid.evaluate), error=error)
+                       evaluate=_merge(grid.evaluate, m.evaluate), error=error)
         prev = _latest_run(client, exp_id, grid.name, h) if exp_id else None
         if prev is not None:
             done = prev.data.tags.get(STAGE_TAG) == "done"

@@ -171,10 +171,14 @@ SUMMARY_COLUMNS: dict[str, tuple[str, ...]] = {
     "FID ↓": (r"fid_domain", r"fid.*"),
     "SWD ↓": (r"swd_avg", r"swd"),
     "ID ↑": (r"id_domain", r"id_.*"),
-    "LEC ↓": (r"lec_(?!.*official).*", r"lec.*"),
-    "edit gain ↑": (r"edit_.*_gain",),
-    "edit leak ↓": (r"edit_.*_leak",),
+    "LEC ↓": (r"lec_(?!official|img|feat).*", r"lec_official.*"),   # latent-space LEC
+    "LEC img ↓": (r"lec_img_.*",),          # the same cycle compared in pixels
+    "LEC feat ↓": (r"lec_feat_.*",),        # ... and in identity / attribute-net features
+    "edit gain ↑": (r"edit_(?!fid).*_gain",),
+    "edit leak ↓": (r"edit_(?!fid).*_leak",),
+    "edit FID ↓": (r"edit_fid_.*",),        # realism of edited inversions vs generator samples
     "dist. to W ↓": (r"latent_dist_w",),   # not its _ref / _nn / _row<i> companions
+    "dist. to W (PCA) ↓": (r"latent_dist_w_pca\d+",),
 }
 
 

@@ -20,7 +20,7 @@ import time
 
 __all__ = ["build_parser", "main"]
 
-_EXTENSIONS = ("e4e.synth.gan", "e4e.synth.directions", "e4e.synth.trunk")
+_EXTENSIONS = ("e4e.synth.gan", "e4e.synth.distill", "e4e.synth.directions", "e4e.synth.trunk", "experiments.synth_gap")
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 

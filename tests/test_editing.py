@@ -186,6 +186,10 @@ def test_build_directions_records_fit_quality(tmp_path):
         assert fit["kind"] == "svm" and fit["converged"] and fit["C"] == 1.0
         assert (fit["n_train"], fit["n_val"]) == (14, 6) and 0 <= fit["val_accuracy"] <= 1
     assert saved == json.loads(json.dumps(report)) and (tmp_path / "pose.pt").is_file()
+    # edit quality: the red-channel "smile" direction moves red, in units of the rendered SD
+    q = saved["interfacegan"]["smile"]["quality"]
+    assert q["target"] == "smile" and q["gain_sd"] > 0 and q["strength"] == directions.QUALITY_STRENGTH
+    assert len(saved["ganspace"]) == len(saved["sefa"]) == directions.N_COMPONENTS_REPORTED
 
 
 # ---------------------------------------------------------------------------------------------

@@ -324,3 +324,28 @@ def test_notebooks_run_on_the_grid_store(tiny, tmp_path):
     assert {"ablation.csv", "ablation.md"} <= {p.name for p in (out / "tables").iterdir()}
     assert {"tradeoff_distortion_perception.png", "qualitative_0.png", "training_curves.png",
             "per_image_distributions.png"} <= {p.name for p in (out / "figures").iterdir()}
+
+
+def test_demo_spends_its_steps_on_e4e_psp_and_the_w_encoder():
+    grid = G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo")
+    steps = {m.name: G.resolve_config(grid, m).max_steps for m in grid.members if not m.method.startswith("optim")}
+    main = {"e4e", "psp", "w_encoder"}
+    assert [m.name for m in grid.members][:3] == ["e4e", "psp", "w_encoder"]  # the longest start first
+    assert min(steps[n] for n in main) > 3 * max(v for k, v in steps.items() if k not in main)
+
+
+def test_realism_gap_grid_evaluates_each_member_on_its_own_gap(tmp_path):
+    grid = G.load_grid(GRIDS / "realism_gap.yaml")
+    assert {m.method for m in grid.members} == {"w_encoder", "e4e", "psp"} and len(grid.members) == 9
+    tasks = {t.member.name: t for t in G.plan(grid, f"sqlite:///{tmp_path / 'none.db'}")}
+    for name, t in tasks.items():
+        gap_dir = "data/synth_" + name.split("-")[-1]
+        cfg = G.resolve_config(grid, t.member)
+        assert cfg.data.train_dir == f"{gap_dir}/train" and t.evaluate["data"] == f"{gap_dir}/test"
+        assert t.evaluate["metrics"] == grid.evaluate["metrics"]      # the rest of the spec is shared
+    creates = {p["creates"] for p in grid.prepare}
+    assert {t.evaluate["data"] for t in tasks.values()} == creates
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: bad\ndomain: synth\nprofiles: {demo: {}}\nmembers:\n  - {method: e4e, evaluate: {dta: x}}\n")
+    with pytest.raises(G.GridError, match=r"member e4e evaluate"):
+        G.load_grid(bad)

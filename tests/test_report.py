@@ -189,10 +189,13 @@ def test_summary_averages_only_comparable_metrics():
          "edit_smile_gain": 1.0, "edit_age_gain": 2.0, "edit_smile_gain_raw": 50.0, "edit_smile_gain_ref": 9.0,
          "edit_smile_leak": 0.2, "edit_smile_leak_ref": 0.9,
          "latent_dist_w": 3.0, "latent_dist_w_ref": 1.0, "latent_dist_w_nn": 7.0, "latent_dist_w_nn_raw": 40.0,
-         "latent_dist_w_row0": 5.0}
+         "latent_dist_w_row0": 5.0, "lec_img_smile_3": 0.01, "lec_feat_smile_3": 0.2, "edit_fid_smile_3": 40.0,
+         "latent_dist_w_pca95": 1.1, "latent_dist_w_pca95_resid": 2.0, "latent_dist_w_pca95_k": 200}
     s = R.summarize(m)
     assert s["L2 ↓"] == 0.02 and s["LEC ↓"] == 12.0 and s["edit gain ↑"] == 1.5 and s["edit leak ↓"] == 0.2
     assert s["dist. to W ↓"] == 3.0 and s["FID ↓"] is None
+    # the image-space LEC, edit realism and the PCA distance are their own columns, never averaged in
+    assert (s["LEC img ↓"], s["LEC feat ↓"], s["edit FID ↓"], s["dist. to W (PCA) ↓"]) == (0.01, 0.2, 40.0, 1.1)
 
 
 def test_paired_differences_against_a_reference():

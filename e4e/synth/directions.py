@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "directions"
 FFHQ_NAMES = {"yaw": "pose"}
+QUALITY_STRENGTH, QUALITY_N = 3.0, 500  # the demo's edit strength; samples for the quality numbers
+N_COMPONENTS_REPORTED = 5
 
 
 @torch.no_grad()
@@ -34,6 +36,46 @@ def label_samples(generator, attrnet, n: int, seed: int = 0, batch: int = 250, p
     return torch.cat(ws), torch.cat(attrs)
 
 
+def rendered_std(n: int = 100_000, seed: int = 0) -> dict[str, float]:
+    """Standard deviation of each ground-truth attribute under the renderer's law."""
+    import numpy as np
+
+    from e4e.synth.render import ATTRIBUTES, sample_attributes
+
+    return dict(zip(ATTRIBUTES, sample_attributes(n, np.random.default_rng(seed)).std(0).tolist()))
+
+
+@torch.no_grad()
+def edit_quality(generator, attrnet, offset: torch.Tensor, strength: float, n: int = 500, seed: int = 1,
+                 sd: dict[str, float] | None = None, batch: int = 250) -> dict:
+    """Effect of the edit ``w_plus + strength * offset`` on ``n`` generator samples (z seed ``seed``,
+    const noise), read by the attribute network, in units of the rendered SD of each attribute:
+    ``delta_sd[attr]`` = mean change; ``abs_delta_sd`` = mean |change| (the leak measure)."""
+    names = list(attrnet.ATTRIBUTES)
+    sd = torch.tensor([(sd or rendered_std())[k] for k in names])
+    g = torch.Generator().manual_seed(seed)
+    deltas = []
+    for i in range(0, n, batch):
+        z = torch.randn(min(batch, n - i), generator.style_dim, generator=g)
+        w = generator.mapping(z).unsqueeze(1).repeat(1, generator.n_latent, 1)
+        a0 = attrnet(generator.synthesis(w, noise_mode="const").clamp(-1, 1))
+        a1 = attrnet(generator.synthesis(w + strength * offset.to(w), noise_mode="const").clamp(-1, 1))
+        deltas.append((a1 - a0) / sd)
+    d = torch.cat(deltas)
+    return {"strength": strength, "n": n,
+            "delta_sd": {k: round(float(d[:, j].mean()), 4) for j, k in enumerate(names)},
+            "abs_delta_sd": {k: round(float(d[:, j].abs().mean()), 4) for j, k in enumerate(names)}}
+
+
+def _summary(q: dict, target: str | None = None) -> dict:
+    """Gain (target's mean change, SD) and leak (mean |change| of the other attributes, SD); without a
+    target the attribute that moves most is the target."""
+    if target is None:
+        target = max(q["delta_sd"], key=lambda k: abs(q["delta_sd"][k]))
+    others = [v for k, v in q["abs_delta_sd"].items() if k != target]
+    return {"target": target, "gain_sd": q["delta_sd"][target], "leak_sd": round(sum(others) / len(others), 4)}
+
+
 def build_directions(generator, attrnet, out_dir: str | Path = DEFAULT_DIR, n: int = 10_000, seed: int = 0,
                      attributes: tuple[str, ...] | None = None, progress: bool = True) -> dict:
     from e4e import editing
@@ -43,7 +85,12 @@ def build_directions(generator, attrnet, out_dir: str | Path = DEFAULT_DIR, n: i
     t0 = time.time()
     names = list(attributes or attrnet.ATTRIBUTES)
     ws, attrs = label_samples(generator, attrnet, n, seed, progress=progress)
-    report = {"n_samples": n, "seed": seed, "interfacegan": {}}
+    report = {"n_samples": n, "seed": seed, "quality_protocol": (
+        f"each direction applied at strength {QUALITY_STRENGTH} to {QUALITY_N} other generator samples (z seed "
+        "seed + 1, const noise, all W+ rows); attribute-net readings; gain_sd = mean change of the target "
+        "attribute, leak_sd = mean |change| of the other attributes, both in units of the attribute's SD under "
+        "the renderer's law"), "interfacegan": {}}
+    sd = rendered_std()
     for name in names:
         k = list(attrnet.ATTRIBUTES).index(name)
         d, fit = editing.fit_boundary(ws, attrs[:, k], kind="svm", ratio=0.02, seed=seed)
@@ -53,11 +100,23 @@ def build_directions(generator, attrnet, out_dir: str | Path = DEFAULT_DIR, n: i
         # How well the direction separates the attribute on these samples: correlation of projections.
         proj = (ws - ws.mean(0)) @ d.reshape(-1)
         corr = torch.corrcoef(torch.stack([proj, attrs[:, k]]))[0, 1].item()
+        q = edit_quality(generator, attrnet, d.reshape(1, 1, -1), QUALITY_STRENGTH, QUALITY_N, seed + 1, sd)
         report["interfacegan"][name] = {"corr_projection_attribute": round(corr, 4),
-                                        "attr_std": round(attrs[:, k].std().item(), 4), "fit": fit}
-    torch.save(editing.ganspace_pca(generator, n=min(n * 5, 100_000), seed=seed), out_dir / "ganspace_pca.pt")
+                                        "attr_std": round(attrs[:, k].std().item(), 4), "fit": fit,
+                                        "quality": {**_summary(q, name), **q}}
+    pca = editing.ganspace_pca(generator, n=min(n * 5, 100_000), seed=seed)
+    torch.save(pca, out_dir / "ganspace_pca.pt")
     vecs, vals, rows = editing.sefa_directions(generator, "all")
     torch.save({"directions": vecs, "eigenvalues": vals, "rows": torch.tensor(rows)}, out_dir / "sefa.pt")
+    # GANSpace / SeFa components are unnamed: report what the first few move, QUALITY_STRENGTH
+    # standard deviations of W along each (GANSpace) or QUALITY_STRENGTH along the unit vector (SeFa)
+    report["ganspace"], report["sefa"] = {}, {}
+    for i in range(N_COMPONENTS_REPORTED):
+        comp, std = pca["comp"][i].reshape(1, 1, -1), float(pca["std"][i])
+        q = edit_quality(generator, attrnet, comp * std, QUALITY_STRENGTH, QUALITY_N, seed + 1, sd)
+        report["ganspace"][f"pc{i}"] = {**_summary(q), "w_std_along": round(std, 4), **q}
+        q = edit_quality(generator, attrnet, vecs[i].reshape(1, 1, -1), QUALITY_STRENGTH, QUALITY_N, seed + 1, sd)
+        report["sefa"][f"eig{i}"] = {**_summary(q), **q}
     report["wall_s"] = round(time.time() - t0, 1)
     (out_dir / "directions.json").write_text(json.dumps(report, indent=2))
     return report
