@@ -10,7 +10,7 @@ DOMAIN ?= synth
 PROFILE ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast report ui weights synth-data bench clean-runs
+.PHONY: install demo test test-fast report realism-gap ui weights synth-data bench clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/python -m experiments.grid run $(GRID) --domain $(DOMAIN) --profile $(PROFILE)
-	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --out reports
+	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --grid paper_ablation --out reports
+
+# distortion and editability vs the synth realism gap (9 members; longer than the demo)
+realism-gap: install
+	$(BIN)/python -m experiments.grid run experiments/grids/realism_gap.yaml
+	$(BIN)/python -m experiments.report --experiment synth --grid realism_gap --notebooks 06_realism_gap.ipynb --out reports
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -31,7 +36,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 report: install
-	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --out reports
+	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --grid paper_ablation --out reports
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

@@ -237,6 +237,35 @@ print("wrote", R.save_figure(fig, "per_image_distributions", OUT))
 plt.show()
 """),
     ],
+    "06_realism_gap": [
+        ("md", "# Distortion and editability against the realism gap\n\nThe members of the `realism_gap` "
+               "grid (`make realism-gap`): the W encoder, e4e and pSp trained and evaluated on synth data sets "
+               "whose real images carry more and more detail the generator never saw (gap 0 = the clean "
+               "renderer the generator was distilled from). One line per method; the gap is read from the "
+               "member name (`<method>-gap<G>`).\n\n" + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+summary = R.summary_table(table).reset_index()
+summary["gap"] = summary["member"].str.extract(r"gap([0-9.]+)$", expand=False).astype(float)
+summary = summary.dropna(subset=["gap"]).sort_values(["method", "gap"])
+assert not summary.empty, "no realism_gap members (run `make realism-gap`, or pass --grid realism_gap)"
+R.write_table(summary.set_index("member"), "realism_gap", OUT,
+              f"Experiment `{EXPERIMENT}`: W encoder, e4e and pSp per realism gap.")
+summary
+"""),
+        ("code", """\
+panels = [c for c in ("L2 ↓", "LEC img ↓", "LEC ↓", "edit leak ↓", "edit FID ↓", "dist. to W (PCA) ↓")
+          if c in summary and summary[c].notna().any()]
+fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+for ax, col in zip(axes[0], panels):
+    sns.lineplot(data=summary, x="gap", y=col, hue="method", style="method", markers=True, dashes=False,
+                 ax=ax, legend=ax is axes[0][0])
+    ax.set_title(col, fontsize=10); ax.set_ylabel("")
+fig.tight_layout()
+print("wrote", R.save_figure(fig, "realism_gap", OUT))
+plt.show()
+"""),
+    ],
 }
 
 

@@ -64,10 +64,10 @@ METRIC_GROUPS: dict[str, re.Pattern] = {
     "identity": re.compile(r"^id_.*"),
     "lec": re.compile(r"^lec.*"),
     "editability": re.compile(r"^edit_.*"),
-    "latent": re.compile(r"^latent_.*"),
+    "latent": re.compile(r"^(latent_.*|w_recovery.*)"),
 }
 # metrics where lower is better (for the arrows in the table); everything else: higher is better
-LOWER_IS_BETTER = re.compile(r"^(l2|mse|lpips.*|fid.*|swd.*|lec.*|latent_.*|edit_.*_leak.*|edit_.*_drift.*)$")
+LOWER_IS_BETTER = re.compile(r"^(l2|mse|lpips.*|fid.*|swd.*|lec.*|latent_.*|w_recovery.*|edit_.*_leak.*|edit_.*_drift.*|edit_fid.*)$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +179,7 @@ SUMMARY_COLUMNS: dict[str, tuple[str, ...]] = {
     "edit FID ↓": (r"edit_fid_.*",),        # realism of edited inversions vs generator samples
     "dist. to W ↓": (r"latent_dist_w",),   # not its _ref / _nn / _row<i> companions
     "dist. to W (PCA) ↓": (r"latent_dist_w_pca\d+",),
+    "w recovery ↓": (r"w_recovery",),      # inverting G(w): 0 = the true w, 1 = W's mean
 }
 
 

@@ -25,6 +25,13 @@ components of W count, k the fewest that keep ``var``% of its variance (``latent
   subspace, divided by the held-out samples' mean residual norm (W samples: 1; codes pushed off the
   manifold, e.g. W+ rows with independent noise, score far above).
 Per image: both (means over rows).
+
+``w_recovery`` (needs only the inverter and its generator): ``options['w_recovery_n']`` (default 32)
+generator samples x = G(w), w = mapping(z) (z seeded by ``ctx.seed + 1``, const noise, at the
+evaluation size), are inverted; ``w_recovery_dist`` is the mean over images and W+ rows of ||w_hat_i - w||,
+``w_recovery_mean_guess`` the mean of ||w_avg - w|| (guessing W's mean for every image), and
+``w_recovery`` their ratio: 0 = the true code recovered, 1 = no better than the mean guess. It asks
+whether an encoder inverts its own generator, which the realism gap does not affect.
 """
 from __future__ import annotations
 
@@ -129,3 +136,24 @@ def latent_dist_w_pca(ctx: EvalContext, var: str) -> MetricResult:
     p = f"latent_dist_w_pca{var}"
     values = {p: float(inside.mean()), f"{p}_resid": float(resid.mean()), f"{p}_k": float(pca["k"])}
     return MetricResult(values, {p: inside.tolist(), f"{p}_resid": resid.tolist()})
+
+
+@register_metric("w_recovery", needs=("generator",))
+def w_recovery(ctx: EvalContext) -> MetricResult:
+    """How close the inverted codes of generator samples G(w) come to their true w, vs W's mean."""
+    from metrics.registry import resize_like
+
+    gen, n = ctx.generator, int(ctx.option("w_recovery_n", 32))
+    mu = _reference(ctx)["mu"].float()
+    z = torch.randn(n, gen.style_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
+    dist, guess = [], []
+    for zc in z.split(ctx.batch_size):
+        with torch.no_grad():
+            w = gen.mapping(zc.to(ctx.device))
+            x = resize_like(ctx.inverter.generate(w.unsqueeze(1).repeat(1, gen.n_latent, 1)), ctx.image_hw)
+        codes = ctx.inverter.invert(x).detach().float().cpu()
+        w = w.float().cpu()
+        dist.append((codes - w[:, None]).norm(dim=-1).mean(1))
+        guess.append((mu - w).norm(dim=-1))
+    d, g = torch.cat(dist).mean().item(), torch.cat(guess).mean().item()
+    return MetricResult({"w_recovery": d / g, "w_recovery_dist": d, "w_recovery_mean_guess": g})

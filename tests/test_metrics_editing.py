@@ -205,3 +205,26 @@ def test_editing_metrics_batch_size_invariant(name, tmp_path):
     assert r2.values == pytest.approx(r5.values, rel=1e-5, abs=1e-7)
     for key, vals in (r2.per_image or {}).items():
         np.testing.assert_allclose(vals, r5.per_image[key], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovering w from G(w)
+# ---------------------------------------------------------------------------------------------
+class MeanGuessInverter(TrueCodeInverter):
+    """Ignores the image: every code is W's mean (the baseline w_recovery compares with)."""
+
+    def invert(self, x):
+        mu = self.decoder.mapping(torch.zeros(1, self.decoder.style_dim))  # = W's mean for this mapping
+        return mu.unsqueeze(1).repeat(len(x), self.decoder.n_latent, 1)
+
+
+def test_w_recovery_zero_for_the_true_code_one_for_the_mean_guess():
+    gen = TanhGenerator()
+    x = TrueCodeInverter(gen).generate(w_samples(gen, 4, 0))
+    opts = {"latent_n_ref": 4000, "w_recovery_n": 24}
+    exact = get_metric("w_recovery")(EvalContext(TrueCodeInverter(gen), x, batch_size=5, options=opts)).values
+    mean = get_metric("w_recovery")(EvalContext(MeanGuessInverter(gen), x, batch_size=5, options=opts)).values
+    noisy = get_metric("w_recovery")(EvalContext(TrueCodeInverter(gen, 0.5), x, batch_size=5, options=opts)).values
+    assert exact["w_recovery"] < 1e-6 and exact["w_recovery_mean_guess"] > 1
+    assert mean["w_recovery"] == pytest.approx(1.0, abs=0.02)   # reference mean vs the true mean
+    assert 0.05 < noisy["w_recovery"] < 1

@@ -143,3 +143,21 @@ def test_build_cli_has_gap_flag(capsys):
     assert "--gap" in out and "DEFAULT_GAP" in out
     assert build_parser().parse_args(["build"]).gap == DEFAULT_GAP
     assert build_parser().parse_args(["build", "--gap", "0.25"]).gap == 0.25
+
+
+def test_gap_readout_reports_w_and_wplus_per_gap():
+    """The readout that defines the gap: optimisation L2 on real images vs generator samples."""
+    import torch
+
+    from e4e.models.stylegan2 import Generator
+    from experiments.synth_gap import gap_readout
+
+    torch.manual_seed(0)
+    g = Generator(64, style_dim=16, n_mlp=1, channels={r: 8 for r in (4, 8, 16, 32, 64)})
+    res = gap_readout(g, [0.0, 1.0], n=2, steps=3, batch=2)
+    assert set(res["gaps"]) == {"0.0", "1.0"} and res["n"] == 2
+    for row in res["gaps"].values():
+        assert row["l2_w_real"] > 0 and row["l2_wplus_real"] > 0
+        assert row["wplus_real_over_gen"] == pytest.approx(row["l2_wplus_real"] / res["l2_wplus_gen"])
+        assert row["w_over_wplus_real"] == pytest.approx(row["l2_w_real"] / row["l2_wplus_real"])
+    assert res["gaps"]["1.0"]["l2_wplus_real"] != res["gaps"]["0.0"]["l2_wplus_real"]  # other images
