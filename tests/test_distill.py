@@ -85,3 +85,20 @@ def test_export_writes_a_rosinality_generator_with_provenance(tmp_path):
     q = meta["quality"]
     assert set(q["spread_ratio"]) == set(ATTRIBUTES) and q["fid_domain_floor"] < q["fid_domain"]
     assert info["quality"] == q
+
+
+def test_region_weights_emphasise_the_features_and_keep_mean_one():
+    w = D.region_weights(64, 4.0)
+    assert w.shape == (1, 1, 64, 64) and abs(w.mean().item() - 1) < 1e-6
+    assert w[0, 0, 30, 32] > w[0, 0, 2, 2]          # eye band (v ~ -0.06) vs the top-left corner
+    assert torch.equal(D.region_weights(64, 0.0), torch.ones(1, 1, 64, 64))
+
+
+def test_resume_with_other_settings_records_a_phase(tmp_path):
+    net = load_attrnet()
+    D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path), steps=2, **TINY), net, log=lambda s: None).fit()
+    tr = D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path), steps=3, region_weight=2.0, **TINY), net,
+                          log=lambda s: None)
+    tr.fit()
+    phases = torch.load(tmp_path / "last.pt", weights_only=True)["phases"]
+    assert [p["from_step"] for p in phases] == [0, 2] and phases[1]["config"]["region_weight"] == 2.0

@@ -9,11 +9,18 @@ a known function of a few factors, so the generator can instead be taught that f
   ``render.sample_attributes``: the same law, but a deterministic function of the noise), and the
   target is ``render(attributes)``. Every step draws fresh pairs; nothing is read from disk.
 - The other 500 coordinates carry no information; the generator learns to ignore them.
-- Loss = L1(G(z), target) + ``feat_weight`` x MSE of attribute-net features
-  + ``attr_weight`` x MSE of the attribute-net head (standardised) against the true attributes.
-  The head term asks directly that every attribute be readable from G's images.
-- Adam, an EMA copy of G (``ema_beta`` per step) which is what gets exported; per-layer noise is
-  random during training (the target is deterministic, so the noise strengths learn to go to 0).
+- Loss = L1(G(z), target), optionally weighted ``1 + region_weight`` inside the eye band and the
+  mouth/nose window (``region_weights``: small features carry smile, eyes_open and glasses but few
+  pixels), + ``feat_weight`` x MSE of attribute-net features + ``attr_weight`` x MSE of the
+  attribute-net head (standardised) against the true attributes. The head term asks directly that
+  every attribute be readable from G's images (so the spread of the attribute net's readings on G's
+  samples is partly trained for; ``generator_quality`` also reports the pixel error and FID).
+- Adam (the mapping network at ``mapping_lr_mult`` x the learning rate: see the config), an EMA copy
+  of G (``ema_beta`` per step) which is what gets exported; per-layer noise is random during training
+  (the target is deterministic, so the noise strengths learn to go to 0). The learning rate falls
+  linearly to 0.1x over the last ``decay_frac`` of the steps.
+- A run resumed with other settings records each phase (``phases``: the step it starts at and what
+  changed), and the export writes them into the provenance.
 
 Resume: ``out_dir/last.pt`` holds G, G_ema, the optimizer, the step and the config, all loadable
 with ``weights_only=True``. Each step's z is drawn from a generator seeded by (seed, step), so a
@@ -95,6 +102,7 @@ class DistillConfig:
     beta2: float = 0.99
     feat_weight: float = 0.1
     attr_weight: float = 0.05
+    region_weight: float = 0.0      # extra L1 weight on the eye band and the mouth/nose window
     ema_beta: float = 0.998
     decay_frac: float = 0.25        # the learning rate falls linearly to 0.1x over the last quarter
     seed: int = 0
@@ -105,7 +113,7 @@ class DistillConfig:
 
     def __post_init__(self):
         self.channels = {int(k): int(v) for k, v in dict(self.channels).items()}
-        for f in ("lr", "mapping_lr_mult", "feat_weight", "attr_weight", "ema_beta", "decay_frac"):
+        for f in ("lr", "mapping_lr_mult", "feat_weight", "attr_weight", "region_weight", "ema_beta", "decay_frac"):
             v = getattr(self, f)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{f} must be finite and >= 0, got {v}")
@@ -119,6 +127,20 @@ class DistillConfig:
         if unknown:
             raise ValueError(f"unknown distill keys {unknown}; valid: {sorted(names)}")
         return cls(**d)
+
+
+def region_weights(size: int, extra: float) -> torch.Tensor:
+    """[1, 1, size, size] pixel weights (mean 1): 1 + ``extra`` inside the renderer's eye band and
+    mouth/nose window (the faces are aligned, so the small features that carry smile, eyes_open and
+    glasses sit there whatever the yaw), renormalised to mean 1."""
+    from .render import EXTENT
+
+    c = ((torch.arange(size) + 0.5) / size * 2 - 1) * EXTENT
+    v, u = c[:, None], c[None, :]
+    eyes = (u.abs() <= 0.62) & (v >= -0.3) & (v <= 0.08)
+    mouth = (u.abs() <= 0.5) & (v >= -0.05) & (v <= 0.45)
+    w = 1 + extra * (eyes | mouth).float()
+    return (w / w.mean())[None, None]
 
 
 def _build_g(cfg: DistillConfig) -> Generator:
@@ -141,9 +163,11 @@ class DistillTrainer:
         self.opt = torch.optim.Adam([{"params": synthesis, "mult": 1.0},
                                      {"params": mapping, "mult": cfg.mapping_lr_mult}],
                                     lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.pixel_w = region_weights(cfg.size, cfg.region_weight)
         self.step, self.train_seconds = 0, 0.0
         self.out_dir = Path(cfg.out_dir)
         self.history: list[dict] = []
+        self.phases: list[dict] = [{"from_step": 0, "config": asdict(cfg)}]
         if resume and (self.out_dir / "last.pt").exists():
             self.load(self.out_dir / "last.pt")
 
@@ -168,8 +192,10 @@ class DistillTrainer:
         x = self.g.synthesis(self.g.mapping(z), noise=noise, noise_mode="random")
         f_x = self.net.features(x)
         a_x = self.net.head(F.leaky_relu(f_x, 0.2))
-        out = {"l1": (x - target).abs().mean(), "feat": F.mse_loss(f_x, f_t), "attr": F.mse_loss(a_x, a_t)}
-        out["total"] = out["l1"] + self.cfg.feat_weight * out["feat"] + self.cfg.attr_weight * out["attr"]
+        err = (x - target).abs()
+        out = {"l1": err.mean(), "feat": F.mse_loss(f_x, f_t), "attr": F.mse_loss(a_x, a_t)}
+        pix = (err * self.pixel_w).mean() if self.cfg.region_weight > 0 else out["l1"]
+        out["total"] = pix + self.cfg.feat_weight * out["feat"] + self.cfg.attr_weight * out["attr"]
         return out
 
     def train_step(self) -> dict[str, float]:
@@ -195,7 +221,7 @@ class DistillTrainer:
     def state(self) -> dict:
         return {"g": self.g.state_dict(), "g_ema": self.g_ema.state_dict(), "opt": self.opt.state_dict(),
                 "step": self.step, "train_seconds": self.train_seconds, "config": asdict(self.cfg),
-                "history": self.history}
+                "history": self.history, "phases": self.phases}
 
     def save(self) -> Path:
         for t in self.g.state_dict().values():
@@ -215,6 +241,9 @@ class DistillTrainer:
         self.opt.load_state_dict(ck["opt"])
         self.step, self.train_seconds = int(ck["step"]), float(ck["train_seconds"])
         self.history = list(ck.get("history", []))
+        self.phases = list(ck.get("phases", [{"from_step": 0, "config": ck["config"]}]))
+        if ck["config"] != asdict(self.cfg):  # a resumed run with other settings: keep the record
+            self.phases.append({"from_step": self.step, "config": asdict(self.cfg)})
         self.log(f"[distill] resumed from {path} at step {self.step}")
 
     def fit(self) -> dict:
@@ -313,7 +342,10 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, grid: str | os.PathL
             "train_minutes": round(float(ck["train_seconds"]) / 60, 2), "seed": cfg.seed, "git_sha": git_sha(),
             "config": ck["config"], "command": command, "latent_avg": "mean of 10000 w (z seed 0)",
             "export_command": f"python -m experiments.synth export-distilled --ckpt {ckpt} --out {out}",
-            "loss_history_tail": ck.get("history", [])[-5:], "notes": notes or []}
+            "loss_history_tail": ck.get("history", [])[-5:], "notes": notes or [],
+            "phases": [{"from_step": p["from_step"], "changed": {k: v for k, v in p["config"].items()
+                        if i == 0 or v != ck["phases"][i - 1]["config"].get(k)}}
+                       for i, p in enumerate(ck.get("phases", []))]}
     if grid:
         z = torch.randn(32, cfg.style_dim, generator=torch.Generator().manual_seed(2021))
         t, _ = targets(z)
