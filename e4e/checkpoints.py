@@ -465,8 +465,14 @@ def init_encoder_from_trunk(encoder: nn.Module, path, generator: torch.Generator
 # RNG state (training checkpoints of the encoder trainer and the synth GAN trainer)
 # ---------------------------------------------------------------------------------------------
 def rng_state() -> dict:
-    """torch / numpy / python (and CUDA, once initialised) generator states, for exact resume."""
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """torch / numpy / python (and CUDA, once initialised) generator states, for exact resume, as
+    tensors and plain containers only (so checkpoints load with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "gauss": float(gauss)},
+          "python": [int(version), [int(x) for x in internal], gauss_next]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -475,7 +481,9 @@ def rng_state() -> dict:
 def set_rng_state(st: dict) -> None:
     """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = st["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])

@@ -88,7 +88,9 @@ class MocoIdentity(_Frozen):
         import torchvision
 
         resnet = torchvision.models.resnet50(weights=None)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        from e4e.checkpoints import load_checkpoint
+
+        ckpt = load_checkpoint(path)  # weights_only, through the one loader (its allow-list)
         sd = ckpt.get("state_dict", ckpt)
         sd = {k[len(MOCO_PREFIX):]: v for k, v in sd.items()
               if k.startswith(MOCO_PREFIX) and not k.startswith(MOCO_PREFIX + "fc.")}

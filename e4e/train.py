@@ -454,7 +454,11 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def load_training_checkpoint(path: str | Path) -> dict:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    """A training checkpoint of this trainer, loaded with ``weights_only=True`` (a file that is not a
+    checkpoint, is truncated, or pickles Python objects raises ValueError naming it)."""
+    from e4e.checkpoints import load_checkpoint
+
+    ck = load_checkpoint(path)
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path} is not an e4e-lab training checkpoint (format {CKPT_FORMAT!r})")
     return ck

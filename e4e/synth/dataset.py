@@ -34,7 +34,7 @@ __all__ = ["SPLITS", "DEFAULT_GAP", "build_dataset", "image_seeds", "read_attrib
 
 SPLITS = ("train", "test", "val")  # order fixes the per-split random stream ids
 #: Realism gap of ``python -m experiments.synth build`` when ``--gap`` is not given.
-DEFAULT_GAP = 0.5
+DEFAULT_GAP = 1.0
 _PNG_OPTS = dict(format="PNG", compress_level=6)
 
 

@@ -613,7 +613,7 @@ class GANTrainer:
         return path
 
     def load(self, path: str | os.PathLike) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        ck = CK.load_checkpoint(path, map_location=self.device)
         saved = ck["config"]
         cur = self.cfg.to_dict()
         diff = [k for k in GANConfig.ARCH_KEYS if _norm(saved.get(k)) != _norm(cur.get(k))]
@@ -833,7 +833,7 @@ def export_generator(ckpt: str | os.PathLike, out: str | os.PathLike, provenance
                      n_fid: int = 5000) -> dict:
     """Write g_ema of a trainer checkpoint as a rosinality ``.pt`` with ``latent_avg`` (mean of
     ``n_avg`` w), a provenance JSON beside it and optionally a sample grid."""
-    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    ck = CK.load_checkpoint(ckpt)
     cfg = GANConfig.from_dict(ck["config"])
     g = Generator(cfg.size, cfg.style_dim, cfg.n_mlp, lr_mlp=cfg.lr_mlp, channels=cfg.channels)
     g.load_state_dict(ck["g_ema"])

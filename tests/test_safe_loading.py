@@ -1,0 +1,64 @@
+"""Every checkpoint the project reads is loaded with weights_only=True: a planted pickle is refused
+without executing, with a ValueError that names the file."""
+import pickle
+
+import pytest
+import torch
+
+from e4e.checkpoints import rng_state, set_rng_state
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (str(self.marker), "w"))
+
+
+def _plant(path, marker):
+    torch.save({"format": "e4e-lab/train", "step": 1, "x": _Payload(marker)}, path)
+
+
+def test_trainer_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    from e4e.train import load_training_checkpoint
+
+    marker, ck = tmp_path / "executed", tmp_path / "last.pt"
+    _plant(ck, marker)
+    with pytest.raises(ValueError, match="last.pt.*pickles Python objects"):
+        load_training_checkpoint(ck)
+    assert not marker.exists()
+
+
+def test_gan_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    from e4e.synth.gan import export_generator
+
+    marker, ck = tmp_path / "executed", tmp_path / "last.pt"
+    _plant(ck, marker)
+    with pytest.raises(ValueError, match="last.pt"):
+        export_generator(ck, tmp_path / "g.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_text_or_truncated_training_checkpoint_names_the_file(tmp_path, content):
+    from e4e.train import load_training_checkpoint
+
+    (tmp_path / "last.pt").write_bytes(content)
+    with pytest.raises(ValueError, match="last.pt"):
+        load_training_checkpoint(tmp_path / "last.pt")
+
+
+def test_rng_state_is_plain_and_round_trips(tmp_path):
+    import random
+
+    import numpy as np
+
+    st = rng_state()
+    torch.save(st, tmp_path / "rng.pt")
+    back = torch.load(tmp_path / "rng.pt", weights_only=True)
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(back)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert pickle.dumps(back)  # plain containers
