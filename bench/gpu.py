@@ -88,9 +88,11 @@ def make_step(method, g, enc, idnet, latent_avg, size, mode):
 
 def measure(method, size, mode, batch, steps, warmup, small, device) -> dict:
     g, enc, idnet, latent_avg = build(method, size, small, device)
-    if mode == "channels_last":
+    if mode == "channels_last":  # the 4-d (conv) weights only: Module.to(memory_format=) rejects others
         for m in (g, enc, idnet):
-            m.to(memory_format=torch.channels_last)
+            for p in m.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     if mode == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)

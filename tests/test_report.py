@@ -118,7 +118,7 @@ def test_notebooks_are_generated_from_source(tmp_path):
         assert committed.exists(), f"{committed} missing: run python -m experiments.make_notebooks"
         assert json.loads(committed.read_text()) == json.loads(p.read_text()), \
             f"{committed.name} differs from experiments/make_notebooks.py: regenerate it"
-    assert sorted(p.name for p in written) == sorted(R.NOTEBOOKS)
+    assert sorted(p.name for p in written) == sorted([*R.NOTEBOOKS, *(n for v in R.GRID_NOTEBOOKS.values() for n in v)])
 
 
 def _free_port() -> int:
