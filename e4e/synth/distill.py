@@ -43,13 +43,13 @@ import torch.nn.functional as F
 
 from e4e.models.stylegan2 import Generator
 
+from .gan import SYNTH_CHANNELS
 from .render import ATTRIBUTES, render
 
 __all__ = ["N_NOISE", "DistillConfig", "attributes_from_noise", "noise_of", "targets", "DistillTrainer",
            "generator_quality", "export", "add_cli"]
 
 N_NOISE = 12  # noise coordinates that sample_attributes consumes
-SYNTH_CHANNELS = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32}
 
 
 def attributes_from_noise(eps: np.ndarray) -> np.ndarray:
