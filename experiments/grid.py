@@ -11,7 +11,8 @@ Grid files (``experiments/grids/*.yaml``)
     per-method overrides and the evaluation settings. Dicts merge recursively, lists replace. Member
     names derive from the switches a member sets to a non-default value (``e4e``, ``e4e-no_dreg``,
     ``e4e-no_adv-no_prog``) unless the member gives ``name``. A member may ``depends_on`` another
-    (``optim_from_encoder`` is initialised by the trained ``e4e`` member's checkpoint).
+    (``optim_from_encoder`` is initialised by the trained ``e4e`` member's checkpoint). A profile may
+    ``add_members`` that only it runs (the synth demo's 300-step ``e4e-short`` reference).
     A member's config = the domain config (``config``) <- its method's config file
     (``method_config``, e.g. ``experiments/configs/psp.yaml``) <- ``overrides`` (grid, then
     profile, per method, per member) <- its switches; ``--set key=value`` applies last. Grid keys:
@@ -75,7 +76,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GRID_KEYS = {"grid", "description", "extends", "domain", "config", "method_config", "switches", "method_defaults",
              "members", "overrides", "evaluate", "profiles", "exclude", "default_profile", "prepare"}
 PREPARE_KEYS = {"command", "creates", "description"}
-PROFILE_KEYS = {"description", "overrides", "methods", "members", "evaluate", "exclude", "jobs"}
+PROFILE_KEYS = {"description", "overrides", "methods", "members", "add_members", "evaluate", "exclude", "jobs"}
 MEMBER_KEYS = {"method", "name", "depends_on", "overrides", "evaluate"}
 SWITCH_KEYS = {"key", "label", "default"}
 EVAL_KEYS = {"metrics", "n_images", "batch_size", "qualitative", "options", "data"}
@@ -238,7 +239,8 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
     for meth, d in method_defaults.items():
         _check_keys(d or {}, set(switches), f"{name}: method_defaults.{meth}")
     members: list[Member] = []
-    for i, raw in enumerate(data.get("members") or []):
+    # the grid's members, then those the profile adds (e.g. a short-schedule reference run)
+    for i, raw in enumerate(list(data.get("members") or []) + list(prof.get("add_members") or [])):
         raw = {"method": raw} if isinstance(raw, str) else dict(raw)
         opts = {k: raw.pop(k) for k in list(raw) if k in switches}
         _check_keys(raw, MEMBER_KEYS, f"{name}: member #{i} ({raw.get('method')})")

@@ -27,13 +27,12 @@ generator's weights, the seed, the count, the size and the feature network's dig
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metrics.lec import resolve_offset
+from metrics.cache import generator_digest, module_digest
+from metrics.lec import edit_codes, edited_inversions, resolve_offset
 from metrics.perception import build_domain_features, cached_reference_features, extract_features, fid_from_features
 from metrics.registry import EvalContext, MetricResult, register_metric, resize_like, unavailable_on_missing
 
@@ -62,19 +61,16 @@ def load_probe(device="cpu") -> AttributeProbe:
 
 
 @torch.no_grad()
-def edit_effect(probe: AttributeProbe, generate, codes_batches, offset: torch.Tensor, strength: float, hw=None):
-    """(delta [N,K], cosine [N], attributes before [N,K]) of the edit ``+ strength*offset``."""
-    deltas, cosines, before = [], [], []
-    for codes in codes_batches:
-        off = offset.to(codes)
-        y0, y1 = generate(codes), generate(codes + strength * off)
-        if hw is not None:
-            y0, y1 = resize_like(y0, hw), resize_like(y1, hw)
-        (a0, f0), (a1, f1) = probe(y0), probe(y1)
-        deltas.append(a1 - a0)
-        cosines.append((f0 * f1).sum(1))
-        before.append(a0)
-    return torch.cat(deltas), torch.cat(cosines), torch.cat(before)
+def probe_batches(probe: AttributeProbe, images) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(attributes, features) of every image batch."""
+    return [probe(y) for y in images]
+
+
+def compare_probes(before, after) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(delta [N,K], cosine [N], attributes before [N,K]) from per-batch probe readings."""
+    deltas = [a1 - a0 for (a0, _), (a1, _) in zip(before, after)]
+    cosines = [(f0 * f1).sum(1) for (_, f0), (_, f1) in zip(before, after)]
+    return torch.cat(deltas), torch.cat(cosines), torch.cat([a0 for a0, _ in before])
 
 
 @torch.no_grad()
@@ -106,11 +102,16 @@ def edit_attr(ctx: EvalContext, attr: str) -> MetricResult:
 
     n_ref = int(ctx.option("edit_n_ref", 256))
     ref_codes = ctx.cached(f"edit_ref_codes:{n_ref}:{ctx.seed}", lambda: reference_samples(gen, n_ref, ctx.seed))
-    d_ref, cos_ref, a_ref = edit_effect(probe, generate, ref_codes, offset, s)
+    # the unedited readings (reference samples and inversions) are shared by every edit_<attr>
+    ref_before = ctx.cached(f"edit_ref_probe:{n_ref}:{ctx.seed}",
+                            lambda: probe_batches(probe, (generate(c) for c in ref_codes)))
+    ref_after = probe_batches(probe, (generate(edit_codes(c, offset, s)) for c in ref_codes))
+    d_ref, cos_ref, a_ref = compare_probes(ref_before, ref_after)
     std = a_ref.std(0)
 
-    codes = (b.codes.to(ctx.device) for b in inv)
-    d_inv, cos_inv, _ = edit_effect(probe, ctx.inverter.generate, codes, offset, s, hw=ctx.image_hw)
+    inv_before = ctx.cached("inversion_probe", lambda: probe_batches(probe, (b.y.to(ctx.device) for b in inv)))
+    inv_after = probe_batches(probe, (y.to(ctx.device) for y in edited_inversions(ctx, attr, s)))
+    d_inv, cos_inv, _ = compare_probes(inv_before, inv_after)
 
     gain_raw = d_inv[:, target] / s
     gain_ref = float(d_ref[:, target].mean()) / s
@@ -127,16 +128,6 @@ def edit_attr(ctx: EvalContext, attr: str) -> MetricResult:
 # ---------------------------------------------------------------------------------------------
 # edit realism: FID of edited inversions against plain generator samples
 # ---------------------------------------------------------------------------------------------
-def module_digest(module: torch.nn.Module) -> str:
-    """Content hash of a module's state dict (keys, shapes, dtypes and bytes)."""
-    h = hashlib.sha1()
-    for key, value in sorted(module.state_dict().items()):
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}:{tuple(value.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 class GeneratorSamples:
     """``n`` seeded plain generator samples G(mapping(z)) at the evaluation size, as the image source
     that ``perception.cached_reference_features`` reads (its on-disk key is ``data_path``: the
@@ -145,7 +136,7 @@ class GeneratorSamples:
     def __init__(self, ctx: EvalContext, n: int):
         self.generator, self.n_images, self.seed = ctx.generator, n, ctx.seed
         self.image_hw, self.device, self.options = ctx.image_hw, ctx.device, ctx.options
-        self.data_path = f"generator:{module_digest(self.generator)}:seed{self.seed}"
+        self.data_path = f"generator:{generator_digest(ctx)}:seed{self.seed}"
 
     def option(self, key: str, default):
         return self.options.get(key, default)
@@ -174,8 +165,5 @@ def edit_fid(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
     name = f"edit_fid_{direction}_{strength}"
     with unavailable_on_missing(name):
         fn = ctx.cached("domain_features", lambda: build_domain_features(ctx.device))
-    offset, s = resolve_offset(ctx, direction).to(ctx.device), float(strength)
-    edited = (resize_like(ctx.inverter.generate(b.codes.to(ctx.device) + s * offset), ctx.image_hw)
-              for b in ctx.inversions())
-    feats = extract_features(fn, edited, device=ctx.device)
+    feats = extract_features(fn, edited_inversions(ctx, direction, strength), device=ctx.device)
     return MetricResult({name: fid_from_features(generator_reference_features(ctx, fn), feats)})

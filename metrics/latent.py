@@ -28,16 +28,28 @@ Per image: both (means over rows).
 
 ``w_recovery`` (needs only the inverter and its generator): ``options['w_recovery_n']`` (default 32)
 generator samples x = G(w), w = mapping(z) (z seeded by ``ctx.seed + 1``, const noise, at the
-evaluation size), are inverted; ``w_recovery_dist`` is the mean over images and W+ rows of ||w_hat_i - w||,
-``w_recovery_mean_guess`` the mean of ||w_avg - w|| (guessing W's mean for every image), and
-``w_recovery`` their ratio: 0 = the true code recovered, 1 = no better than the mean guess. It asks
-whether an encoder inverts its own generator, which the realism gap does not affect.
+evaluation size), are inverted, and the recovered rows w_hat_i compared with w. Most of W's extent need
+not change the image (the synth generator's renderer reads a few z coordinates; the mapping spreads
+the rest into W) and no encoder can recover what the image does not show, so the headline distance
+weights every direction of W by how much it changes the image: ||d||_M = sqrt(d^T M d) with
+M = E_w[J(w)^T J(w)], J = d G(w) / dw at the evaluation size (a Monte-Carlo estimate from
+``w_recovery_jac_samples`` (16) samples w, z seeded by ``ctx.seed + 2``, and 64 Gaussian image probes
+v each, E[J^T v v^T J] = J^T J; cached on disk keyed by the generator's weights).
+- ``w_recovery``: mean over images and rows of ||w_hat_i - w||_M divided by the mean ||w_avg - w||_M
+  (guessing W's mean): 0 = what the image shows of w recovered, 1 = no better than the mean guess.
+- ``w_recovery_full``: the same ratio in plain Euclidean distance (``w_recovery_dist`` /
+  ``w_recovery_mean_guess`` its parts), dominated by directions the image does not show.
+- ``w_recovery_l2``: per-pixel MSE of G(w_hat) against G(w) (the reconstruction of those samples):
+  a low value beside a ratio near 1 means distant codes give the same image (w is not identifiable).
+It asks whether an encoder inverts its own generator, which the realism gap does not affect.
 """
 from __future__ import annotations
 
 import torch
 
-from metrics.registry import EvalContext, MetricResult, register_metric
+from metrics.cache import cached_on_disk, generator_digest
+from metrics.distortion import l2_per_image
+from metrics.registry import EvalContext, MetricResult, register_metric, resize_like
 
 N_HOLDOUT = 1000
 
@@ -76,8 +88,11 @@ def _n_ref(ctx: EvalContext) -> int:
 
 
 def _reference(ctx: EvalContext) -> dict:
+    """The W reference, once per context and on disk (``metrics.cache``, keyed by the generator's weights)."""
     n_ref = _n_ref(ctx)
-    return ctx.cached(f"w_reference:{n_ref}:{ctx.seed}", lambda: w_reference(ctx.generator, n_ref, ctx.seed))
+    desc = {"generator": generator_digest(ctx), "n_ref": n_ref, "seed": ctx.seed, "n_holdout": N_HOLDOUT}
+    return ctx.cached(f"w_reference:{n_ref}:{ctx.seed}", lambda: cached_on_disk(
+        ctx, "w_reference", desc, lambda: w_reference(ctx.generator, n_ref, ctx.seed)))
 
 
 @register_metric("latent_dist_w", needs=("inversions", "generator"))
@@ -138,22 +153,67 @@ def latent_dist_w_pca(ctx: EvalContext, var: str) -> MetricResult:
     return MetricResult(values, {p: inside.tolist(), f"{p}_resid": resid.tolist()})
 
 
+@torch.no_grad()
+def _synthesise(ctx: EvalContext, w: torch.Tensor) -> torch.Tensor:
+    gen = ctx.generator
+    return resize_like(ctx.inverter.generate(w.unsqueeze(1).repeat(1, gen.n_latent, 1)), ctx.image_hw)
+
+
+def image_jacobian_gram(ctx: EvalContext, n_samples: int, n_probes: int = 64) -> torch.Tensor:
+    """Monte-Carlo estimate of E_w[J^T J] [D, D] (double), J = d resize(G(w)) / dw."""
+    gen = ctx.generator
+    g = torch.Generator().manual_seed(ctx.seed + 2)
+    z = torch.randn(n_samples, gen.style_dim, generator=g)
+    gram = torch.zeros(gen.style_dim, gen.style_dim, dtype=torch.float64)
+    for zc in z:
+        with torch.no_grad():
+            w = gen.mapping(zc[None].to(ctx.device))
+        rows = w.repeat(n_probes, 1).requires_grad_(True)
+        with torch.enable_grad():
+            y = resize_like(ctx.inverter.generate(rows.unsqueeze(1).repeat(1, gen.n_latent, 1)), ctx.image_hw)
+            probes = torch.randn(y.shape, generator=g).to(y)
+            (grad,) = torch.autograd.grad((y * probes).sum(), rows)
+        grad = grad.double().cpu()
+        gram += grad.T @ grad
+    return gram / (n_samples * n_probes)
+
+
+def image_gram(ctx: EvalContext) -> torch.Tensor:
+    """E_w[J^T J] of the context's generator (``w_recovery``), once per context and on disk."""
+    n_jac = int(ctx.option("w_recovery_jac_samples", 16))
+    desc = {"generator": generator_digest(ctx), "n": n_jac, "seed": ctx.seed, "hw": list(ctx.image_hw)}
+    build = lambda: {"gram": image_jacobian_gram(ctx, n_jac)}  # noqa: E731
+    return ctx.cached(f"w_image_gram:{n_jac}:{ctx.seed}", lambda: cached_on_disk(ctx, "w_image_gram", desc, build))["gram"]
+
+
+def _m_norm(d: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    d = d.double()
+    return ((d @ gram) * d).sum(-1).clamp_min(0).sqrt()
+
+
 @register_metric("w_recovery", needs=("generator",))
 def w_recovery(ctx: EvalContext) -> MetricResult:
-    """How close the inverted codes of generator samples G(w) come to their true w, vs W's mean."""
-    from metrics.registry import resize_like
-
+    """How close the inverted codes of generator samples G(w) come to their true w (distance weighted
+    by the image Jacobian), relative to guessing W's mean."""
     gen, n = ctx.generator, int(ctx.option("w_recovery_n", 32))
     mu = _reference(ctx)["mu"].float()
+    gram = image_gram(ctx)
     z = torch.randn(n, gen.style_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
-    dist, guess = [], []
+    dist, guess, dist_m, guess_m, l2 = [], [], [], [], []
     for zc in z.split(ctx.batch_size):
         with torch.no_grad():
             w = gen.mapping(zc.to(ctx.device))
-            x = resize_like(ctx.inverter.generate(w.unsqueeze(1).repeat(1, gen.n_latent, 1)), ctx.image_hw)
-        codes = ctx.inverter.invert(x).detach().float().cpu()
-        w = w.float().cpu()
-        dist.append((codes - w[:, None]).norm(dim=-1).mean(1))
-        guess.append((mu - w).norm(dim=-1))
+            x = _synthesise(ctx, w)
+        codes = ctx.inverter.invert(x).detach()
+        with torch.no_grad():
+            l2.append(l2_per_image(resize_like(ctx.inverter.generate(codes), ctx.image_hw).float().cpu(), x.float().cpu()))
+        codes, w = codes.float().cpu(), w.float().cpu()
+        diff, off = codes - w[:, None], mu - w
+        dist.append(diff.norm(dim=-1).mean(1))
+        guess.append(off.norm(dim=-1))
+        dist_m.append(_m_norm(diff, gram).mean(1))
+        guess_m.append(_m_norm(off, gram))
     d, g = torch.cat(dist).mean().item(), torch.cat(guess).mean().item()
-    return MetricResult({"w_recovery": d / g, "w_recovery_dist": d, "w_recovery_mean_guess": g})
+    dm, gm = torch.cat(dist_m).mean().item(), torch.cat(guess_m).mean().item()
+    return MetricResult({"w_recovery": dm / gm, "w_recovery_full": d / g, "w_recovery_dist": d,
+                         "w_recovery_mean_guess": g, "w_recovery_l2": torch.cat(l2).mean().item()})

@@ -86,21 +86,36 @@ def resolve_offset(ctx: EvalContext, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def undo_edit(inverter, x: torch.Tensor, codes: torch.Tensor, offset: torch.Tensor, strength: float) -> torch.Tensor:
-    """The LEC cycle: E(G(codes + s*d)) - s*d, the edited image brought to the size of ``x``."""
-    off = offset.to(codes)
-    edited = resize_like(inverter.generate(codes + strength * off), tuple(x.shape[-2:]))
-    return inverter.invert(edited) - strength * off
+def edit_codes(codes: torch.Tensor, offset: torch.Tensor, strength: float) -> torch.Tensor:
+    """``codes + strength * offset`` (the offset cast to the codes' device and dtype)."""
+    return codes + strength * offset.to(codes)
 
 
-def edit_cycle(ctx: EvalContext, direction: str, strength: str) -> list[torch.Tensor]:
-    """Per evaluation batch, the codes after the LEC cycle (CPU); computed once per direction and
-    strength and shared by the latent (``lec_``) and image-space (``lec_img_``, ``lec_feat_``) variants."""
+def edited_inversions(ctx: EvalContext, direction: str, strength) -> list[torch.Tensor]:
+    """Per evaluation batch, the edited inversions G(E(x) + s*d) at the images' size (CPU); computed
+    once per context, direction and strength and shared by every metric that looks at that edit
+    (``lec_*``, ``edit_<attr>`` at ``edit_strength``, ``edit_fid_*``)."""
 
     def build():
         offset, s = resolve_offset(ctx, direction), float(strength)
-        return [undo_edit(ctx.inverter, b.x, b.codes.to(ctx.device), offset, s).float().cpu()
-                for b in ctx._progress(ctx.inversions(), f"lec {direction}")]
+        return [resize_like(ctx.inverter.generate(edit_codes(b.codes.to(ctx.device), offset, s)),
+                            ctx.image_hw).float().cpu()
+                for b in ctx._progress(ctx.inversions(), f"edit {direction} {s:g}")]
+
+    return ctx.cached(f"edited:{direction}:{float(strength)}", build)
+
+
+@torch.no_grad()
+def edit_cycle(ctx: EvalContext, direction: str, strength: str) -> list[torch.Tensor]:
+    """Per evaluation batch, the codes after the LEC cycle E(G(w + s*d)) - s*d (CPU); computed once per
+    direction and strength and shared by the latent (``lec_``) and image-space (``lec_img_``,
+    ``lec_feat_``) variants."""
+
+    def build():
+        offset, s = resolve_offset(ctx, direction), float(strength)
+        edited = edited_inversions(ctx, direction, strength)
+        return [edit_codes(ctx.inverter.invert(e.to(ctx.device)), offset, -s).float().cpu()
+                for e in ctx._progress(edited, f"lec {direction}")]
 
     return ctx.cached(f"lec_cycle:{direction}:{float(strength)}", build)
 
@@ -142,10 +157,15 @@ def domain_identity(ctx: EvalContext, metric: str):
 
 
 @torch.no_grad()
-def cycled_images(ctx: EvalContext, direction: str, strength: str):
-    """Per batch: the first inversion G(w) and G(E(G(w + s*d)) - s*d), both at the images' size (CPU)."""
-    for b, back in zip(ctx.inversions(), edit_cycle(ctx, direction, strength)):
-        yield b.y, resize_like(ctx.inverter.generate(back.to(ctx.device)), ctx.image_hw).float().cpu()
+def cycled_images(ctx: EvalContext, direction: str, strength: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: the first inversion G(w) and G(E(G(w + s*d)) - s*d), both at the images' size (CPU);
+    computed once per direction and strength (``lec_img_`` and ``lec_feat_`` share them)."""
+
+    def build():
+        return [(b.y, resize_like(ctx.inverter.generate(back.to(ctx.device)), ctx.image_hw).float().cpu())
+                for b, back in zip(ctx.inversions(), edit_cycle(ctx, direction, strength))]
+
+    return ctx.cached(f"lec_cycle_images:{direction}:{float(strength)}", build)
 
 
 @torch.no_grad()

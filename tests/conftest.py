@@ -5,7 +5,9 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_threads(tmp_path_factory, monkeypatch):
+    # evaluation references are cached on disk (metrics.cache): never in the user's home from a test
+    monkeypatch.setenv("E4E_CACHE", str(tmp_path_factory.mktemp("e4e_cache")))
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield

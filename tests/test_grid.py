@@ -47,7 +47,9 @@ def test_paper_ablation_resolves_for_every_domain(domain, profile):
     names = [m.name for m in grid.members]
     e4e = {"e4e", "e4e-no_dreg", "e4e-no_adv", "e4e-no_prog", "e4e-no_dreg-no_adv", "e4e-no_dreg-no_prog",
            "e4e-no_adv-no_prog", "e4e-no_dreg-no_adv-no_prog"}
-    assert e4e <= set(names) and len(names) == len(set(names)) == 15
+    # the synth demo adds e4e-short: the full method on the ablations' schedule
+    extra = {"e4e-short"} if profile == "demo" else set()
+    assert e4e <= set(names) and len(names) == len(set(names)) == 15 + len(extra) and extra <= set(names)
     assert {"psp", "w_encoder", "restyle_e4e", "restyle_psp", "optim_w", "optim_wplus",
             "optim_from_encoder"} <= set(names)
     assert grid.member("optim_from_encoder").depends_on == ["e4e"]
@@ -62,6 +64,11 @@ def test_paper_ablation_resolves_for_every_domain(domain, profile):
     assert cfg.data.domain == domain
     assert grid.config and Path(grid.config).exists()
     assert grid.evaluate["metrics"] and grid.evaluate["n_images"] > 0
+    if extra:
+        short, full = (G.resolve_config(grid, grid.member(n)) for n in ("e4e-short", "e4e"))
+        ablation = G.resolve_config(grid, grid.member("e4e-no_dreg"))
+        assert short.max_steps == ablation.max_steps < full.max_steps
+        assert (short.delta_reg.enabled, short.adversarial.enabled, short.progressive.enabled) == (True, True, True)
 
 
 def test_domain_variants_hold_only_deltas():
@@ -114,7 +121,7 @@ def test_cli_help_and_dry_run(tmp_path):
                           "--domain", "synth", "--profile", "demo", "--dry-run"], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
-    assert "e4e-no_dreg-no_adv-no_prog" in out.stdout and "15/15 to run" in out.stdout
+    assert "e4e-no_dreg-no_adv-no_prog" in out.stdout and "16/16 to run" in out.stdout
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()  # a dry run starts nothing
 
 

@@ -228,3 +228,60 @@ def test_w_recovery_zero_for_the_true_code_one_for_the_mean_guess():
     assert exact["w_recovery"] < 1e-6 and exact["w_recovery_mean_guess"] > 1
     assert mean["w_recovery"] == pytest.approx(1.0, abs=0.02)   # reference mean vs the true mean
     assert 0.05 < noisy["w_recovery"] < 1
+    assert exact["w_recovery_l2"] == 0 and exact["w_recovery_full"] < 1e-6
+
+
+class PartialGenerator(TanhGenerator):
+    """A TanhGenerator whose image reads only the first ``m`` coordinates of every W+ row."""
+
+    def __init__(self, m=4, **kw):
+        super().__init__(**kw)
+        self.m = m
+        mask = (torch.arange(self.style_dim) < m).float().repeat(self.n_latent)
+        self.A.data *= mask
+
+
+class RelevantOnlyInverter(TrueCodeInverter):
+    """Recovers the coordinates the image shows exactly and guesses W's mean for the others."""
+
+    def invert(self, x):
+        w = super().invert(x).clone()
+        w[..., self.decoder.m:] = self.decoder.mapping(torch.zeros(1, self.decoder.style_dim))[0, self.decoder.m:]
+        return w
+
+
+def test_w_recovery_counts_only_the_directions_that_change_the_image():
+    gen = PartialGenerator(m=4)
+    x = TrueCodeInverter(gen).generate(w_samples(gen, 4, 0))
+    opts = {"latent_n_ref": 4000, "w_recovery_n": 24}
+    v = get_metric("w_recovery")(EvalContext(RelevantOnlyInverter(gen), x, batch_size=5, options=opts)).values
+    assert v["w_recovery"] < 1e-4                      # everything the image shows is recovered ...
+    assert v["w_recovery_full"] > 0.3                  # ... while the raw distance counts the unseen 8 dims
+    wrong = get_metric("w_recovery")(EvalContext(MeanGuessInverter(gen), x, batch_size=5, options=opts)).values
+    assert wrong["w_recovery"] == pytest.approx(1.0, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared work: one context for every metric, references on disk; results bitwise unchanged
+# ---------------------------------------------------------------------------------------------
+def test_shared_context_and_disk_cache_change_no_value(tmp_path):
+    from experiments.evaluate import evaluate
+
+    names = ["lec_ax1_2", "lec_img_ax1_2", "lec_feat_ax1_2", "edit_fid_ax1_1", "latent_dist_w", "latent_dist_w_pca99",
+             "w_recovery"]
+    opts = {"edit_fid_n_ref": 32, "fid_cache_dir": tmp_path / "fid", "latent_n_ref": 500, "w_recovery_n": 6,
+            "cache_dir": tmp_path / "cache"}
+
+    def run(metric_names, **extra):
+        ctx = _setup(noise=0.3, options={**opts, **extra})
+        return evaluate(ctx.inverter, ctx.images, metric_names, batch_size=ctx.batch_size,
+                        directions=ctx.directions, options=ctx.options)[:2]
+
+    together = run(names)                                   # cold disk cache, one shared context
+    assert list((tmp_path / "cache").glob("*/*.pt")), "the W reference and the image Gram go to disk"
+    warm = run(names)                                       # read back from disk
+    alone = [run([n], cache_dir="") for n in names]         # a fresh context per metric, no disk cache
+    assert warm == together
+    values = {k: v for vals, _ in alone for k, v in vals.items()}
+    per_image = {k: v for _, per in alone for k, v in per.items()}
+    assert values == together[0] and per_image == together[1]
