@@ -1,6 +1,7 @@
 # e4e-lab. Two commands for a newcomer (see README):
-#   make demo   # venv + install + synth ablation grid (demo profile) + evaluation + reports/
+#   make demo   # venv + install + synth ablation grid (demo profile) + evaluation + runs/reports/
 #   make test   # venv + install + the test suite
+# `make help` lists every target.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,8 +10,10 @@ GRID   ?= experiments/grids/paper_ablation.yaml
 DOMAIN ?= synth
 PROFILE ?= demo
 PYTEST_ARGS ?=
+# the demo's tables/figures/notebooks go here (untracked); `make report` refreshes the tracked reports/
+DEMO_REPORTS ?= runs/reports
 
-.PHONY: install demo test test-fast report realism-gap ui weights synth-data bench clean-runs
+.PHONY: help install demo test test-fast report realism-gap ui weights synth-data bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,34 +21,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv and install the package with its dev extras
 
-demo: install
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+demo: install  ## train + evaluate the synth ablation grid (demo profile, < 25 min on 2 cores), tables/figures in runs/reports/
 	$(BIN)/python -m experiments.grid run $(GRID) --domain $(DOMAIN) --profile $(PROFILE)
-	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --grid paper_ablation --out reports
+	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --grid paper_ablation --out $(DEMO_REPORTS)
 
 # distortion and editability vs the synth realism gap (9 members; longer than the demo)
-realism-gap: install
+realism-gap: install  ## W encoder, e4e and pSp at three realism gaps (synth; ~50 min on 2 cores) + its figure
 	$(BIN)/python -m experiments.grid run experiments/grids/realism_gap.yaml
 	$(BIN)/python -m experiments.report --experiment synth --grid realism_gap --notebooks 06_realism_gap.ipynb --out reports
 
-test: install
+test: install  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install  ## the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-report: install
+report: install  ## refresh the tracked reports/ (tables, figures, executed notebooks) from MLflow
 	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --grid paper_ablation --out reports
 
-ui: install
+ui: install  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
-weights: install
+weights: install  ## where each pretrained file goes, and which are present
 	$(BIN)/python -m experiments.weights
 
-synth-data: install
+synth-data: install  ## render the synth data set into data/synth
 	$(BIN)/python -m experiments.synth build --out data/synth
 
-bench: install
+bench: install  ## network throughput benchmark (bench/RESULTS.md has the others)
 	$(BIN)/python bench/bench_models.py

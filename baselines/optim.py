@@ -201,9 +201,9 @@ class OptimizationInverter(Inverter):
             self.history = []
             it = range(self.steps)
             if self.progress:
-                from tqdm.auto import tqdm
+                from e4e.progress import track
 
-                it = tqdm(it, desc=f"{self.method} projection", leave=False)
+                it = track(it, f"{self.method} projection", leave=False)
             for step in it:
                 t = step / self.steps
                 for pg in opt.param_groups:

@@ -51,7 +51,7 @@ def bench_one(method: str, preset: str, g, images, args, tmp: Path) -> dict:
         "progressive.enabled=false", *PRESETS[preset]])
     ds = torch.utils.data.TensorDataset(images)
     s = train(cfg, generator=g, train_set=ds, val_set=None, tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    n_params = sum(p.numel() for p in torch.load(s["final_checkpoint"], weights_only=False)["encoder"].values())
+    n_params = sum(p.numel() for p in torch.load(s["final_checkpoint"], weights_only=True)["encoder"].values())
     t = s["sec_per_step_median"]
     return {"method": method, "preset": preset, "s_per_step": round(t, 3), "img_per_s": round(args.batch / t, 2),
             "encoder_params_M": round(n_params / 1e6, 2),

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,6 +165,9 @@ class TrainConfig:
     experiment: str = ""         # MLflow experiment ("" = the domain name)
     run_name: str = ""           # MLflow run name ("" = method + hash)
     progress: bool = True        # progress bar
+    precision: str = "fp32"      # fp32 | bf16: bfloat16 autocast of the training forward (encoder, generator,
+    #                              losses); bench/bench_step.py measures its speed and accuracy
+    compile: bool = False        # torch.compile the generator synthesis of the training step
 
 
 # keys that say where/how a run executes, not what it computes (excluded from config_hash)
@@ -412,6 +416,7 @@ _CHOICES = {
     "loss.lpips_net": ("alex", "vgg", "domain"),
     "loss.id_kind": ("auto", "arcface", "moco", "domain"),
     "optim.name": ("ranger", "adam"),
+    "precision": ("fp32", "bf16"),
 }
 _POSITIVE = ("projection.steps", "projection.w_avg_samples", "batch_size", "max_steps", "log_every", "val_every",
              "image_every", "ckpt_every",
@@ -434,6 +439,9 @@ def validate(cfg: TrainConfig) -> None:
     for key in _NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]!r}")
+    bad = [k for k, v in flat.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"config key '{bad[0]}' must be finite, got {flat[bad[0]]!r}")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
     parse_edits(cfg.image_edits)

@@ -327,6 +327,11 @@ class _Ctx:
     disc: nn.Module | None
     n_active: int = 0
     avg_image: torch.Tensor | None = None
+    synthesis: Callable | None = None  # the generator call of the step (compiled under cfg.compile)
+
+    def autocast(self, device_type: str):
+        """bfloat16 autocast of the forward under ``precision: bf16``; a no-op context in fp32."""
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def latent_terms(self, codes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -343,8 +348,11 @@ class _Ctx:
         return total, logs
 
     def image_and_loss(self, codes, x):
-        y_hat = self.inverter.generate(codes, noise_mode=self.cfg.model.noise_mode)
+        generate = self.synthesis or self.inverter.generate
+        y_hat = generate(codes, noise_mode=self.cfg.model.noise_mode)
         y_hat = L.match_size(y_hat, x.shape[-2:])
+        if self.cfg.precision != "fp32":
+            y_hat, codes = y_hat.float(), codes.float()
         loss, logs = self.recon(y_hat, x)
         lt, llogs = self.latent_terms(codes)
         logs.update(llogs)
@@ -353,11 +361,27 @@ class _Ctx:
         return loss, logs, y_hat
 
 
+class NonFiniteError(FloatingPointError):
+    """A loss term or gradient became NaN / inf: the run stops at that step, nothing is written."""
+
+
+def non_finite_terms(logs: dict, params) -> dict[str, float]:
+    """The loss terms in ``logs`` that are not finite, plus ``grad_norm`` when a gradient is not."""
+    bad = {k: v for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)}
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        norm = float(torch.stack(torch._foreach_norm(grads)).norm())
+        if not math.isfinite(norm):
+            bad["grad_norm"] = norm
+    return bad
+
+
 def _single_pass_step(ctx: _Ctx, x: torch.Tensor):
-    codes = ctx.model(x)
-    loss, logs, _ = ctx.image_and_loss(codes, x)
+    with ctx.autocast(x.device.type):
+        codes = ctx.model(x)
+        loss, logs, _ = ctx.image_and_loss(codes, x)
     loss.backward()
-    return logs, [codes.detach()[:, :ctx.n_active]]
+    return logs, [codes.detach().float()[:, :ctx.n_active]]
 
 
 def _restyle_step(ctx: _Ctx, x: torch.Tensor):
@@ -370,11 +394,12 @@ def _restyle_step(ctx: _Ctx, x: torch.Tensor):
     fakes, total = [], 0.0
     logs: dict[str, float] = {}
     for _ in range(n_iter):
-        codes = ctx.model(x, w_prev.detach(), y_prev.detach())
-        loss, logs, y_hat = ctx.image_and_loss(codes, x)
+        with ctx.autocast(x.device.type):
+            codes = ctx.model(x, w_prev.detach(), y_prev.detach())
+            loss, logs, y_hat = ctx.image_and_loss(codes, x)
         loss.backward()
         total += float(loss.detach())
-        fakes.append(codes.detach()[:, :ctx.n_active])
+        fakes.append(codes.detach().float()[:, :ctx.n_active])
         w_prev, y_prev = codes, y_hat
     logs["loss_iters_mean"] = total / n_iter
     return logs, fakes
@@ -665,7 +690,8 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
         with torch.no_grad():
             avg_image = L.match_size(inverter.generate(inverter.latent_avg.unsqueeze(0), noise_mode="const"),
                                      _fetch(train_set, [0]).shape[-2:]).to(device)
-    ctx = _Ctx(cfg, inverter, model, recon, disc, n_latent, avg_image)
+    synthesis = torch.compile(inverter.generate) if cfg.compile else None
+    ctx = _Ctx(cfg, inverter, model, recon, disc, n_latent, avg_image, synthesis)
 
     # -- resume -----------------------------------------------------------------------------------
     state = _State()
@@ -755,9 +781,9 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
     step_fn = STEP_FNS[cfg.model.method]
     bar = None
     if info.main and cfg.progress:
-        from tqdm.auto import tqdm
+        from e4e.progress import Progress
 
-        bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {cfg.model.method}", dynamic_ncols=True)
+        bar = Progress(cfg.max_steps, f"train {cfg.model.method}", unit="step", initial=state.step)
     inverter.train()
     stopped = False
     t_loop = time.perf_counter()
@@ -777,6 +803,15 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
 
         optimizer.zero_grad(set_to_none=True)
         logs, fakes = step_fn(ctx, x)
+        bad = non_finite_terms(logs, params)
+        if bad:  # stop before the optimiser (and any checkpoint) sees it
+            msg = f"non-finite training values at step {s + 1}: {bad}"
+            if info.main and client is not None:
+                buffer.flush(client, run_id)
+                client.set_tag(run_id, "error", msg[:4000])
+                if own_run:
+                    client.set_terminated(run_id, "FAILED")
+            raise NonFiniteError(msg)
         if disc is not None:
             logs.update(_disc_step(cfg, disc, d_opt, pools, generator, fakes, s, info, cfg.batch_size))
         optimizer.step()
@@ -824,7 +859,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
     summary = {"run_id": run_id, "step": state.step, "out_dir": str(out_dir), "config_hash": chash,
                "final_losses": dict(state.last_logs), "best_val": state.best_val, "best_step": state.best_step,
                "last_checkpoint": str(last_path), "stopped": stopped, "sec_per_step": step_time,
-               "sec_per_step_median": median_step,
+               "sec_per_step_median": median_step, "sec_first_step": step_times[0] if step_times else float("nan"),
                "final_checkpoint": None, "best_checkpoint": None, "checkpoint": None}
     if stopped:
         return _with_checksum(summary, params)

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
+from e4e.cli import HelpFormatter
 
 __all__ = ["GridSpec", "Member", "MemberTask", "MemberResult", "load_grid", "member_name", "plan",
            "run_grid", "grid_status", "run_member", "results_table", "main"]
@@ -860,7 +861,7 @@ def prepare(grid: GridSpec) -> None:
 
 
 def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, progress) -> None:
-    from tqdm.auto import tqdm
+    from e4e.progress import Progress
 
     by = {t.member.name: t for t in tasks}
     pending = []
@@ -871,8 +872,8 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
         else:
             pending.append(t)
     running: dict[str, Any] = {}
-    bar = tqdm(total=len(pending), desc=f"grid {tasks[0].grid if tasks else ''}", unit="member",
-               disable=not progress or not pending, dynamic_ncols=True)
+    bar = Progress(len(pending), f"grid {tasks[0].grid if tasks else ''}", unit="member",
+                   disable=not progress or not pending, min_interval=120)
     ok = {"FINISHED", "SKIPPED"}
     while pending or running:
         for t in list(pending):
@@ -897,7 +898,9 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
                 client.set_tag(t.run_id, "git_sha", sha)
                 client.set_tag(t.run_id, "grid.last_parent", parent_id)
             client.update_run(t.run_id, status="RUNNING")
-            bar.set_postfix_str(f"{t.member.name} ({t.action})")
+            bar.set_postfix(running=t.member.name)
+            if bar.mode == "lines":
+                bar.write(f"  {t.member.name}: started ({ACTION_WORDS.get(t.action, t.action)})")
             running[t.member.name] = runner.submit(run_member, t)
         finished = [n for n, h in running.items() if h.done()]
         if not finished:
@@ -915,7 +918,7 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
                 res = MemberResult(n, "FAILED", by[n].run_id, msg)
             results[n] = res
             bar.update(1)
-            tqdm.write(f"  {n}: {res.status} ({res.seconds:.0f}s)" + (f" — {res.error}" if res.error else ""))
+            bar.write(f"  {n}: {res.status} ({res.seconds:.0f}s)" + (f" — {res.error}" if res.error else ""))
     bar.close()
 
 
@@ -1090,7 +1093,7 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     ap = argparse.ArgumentParser(prog="python -m experiments.grid", description=__doc__.split("\n\n")[0],
                                  formatter_class=fmt)
     sub = ap.add_subparsers(dest="command", required=True)

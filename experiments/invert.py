@@ -79,7 +79,7 @@ def build_inverter(args, device):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
-    from tqdm.auto import tqdm
+    from e4e.progress import track
 
     from e4e.data import IMAGE_EXTENSIONS, list_images, load_image
     from e4e.weights import WeightsMissingError
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         latents.append(w.cpu())
 
     batch, bnames = [], []
-    for path in tqdm(paths, desc=f"invert ({source})", unit="img"):
+    for path in track(paths, f"invert ({source})", unit="img"):
         try:
             img = load_image(path, size_hw)
         except ValueError as e:  # e4e.data: unreadable / corrupt / not an image

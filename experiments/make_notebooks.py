@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from e4e.cli import HelpFormatter
 
 SETUP = """\
 import os
@@ -291,7 +292,7 @@ def build(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.make_notebooks", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "notebooks"),
                     help="folder to write the notebooks into")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+from e4e.cli import HelpFormatter
 
 __all__ = [
     "DEFAULT_TRACKING_URI", "METRIC_GROUPS", "SUMMARY_COLUMNS", "summarize", "summary_table", "mean_of", "NOTEBOOKS", "TEST_PREFIX", "tracking_uri", "experiment_name",
@@ -414,7 +415,7 @@ def _absolute_uri(uri: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--tracking-uri", default=tracking_uri(), help="MLflow tracking URI to read")
     ap.add_argument("--experiment", default=experiment_name(), help="MLflow experiment (= domain)")
     ap.add_argument("--grid", default=grid_filter(), help="only members of this grid (default: all)")

@@ -17,11 +17,12 @@ import importlib
 import json
 import sys
 import time
+from e4e.cli import HelpFormatter
 
 __all__ = ["build_parser", "main"]
 
 _EXTENSIONS = ("e4e.synth.gan", "e4e.synth.distill", "e4e.synth.directions", "e4e.synth.trunk", "experiments.synth_gap")
-_FMT = argparse.ArgumentDefaultsHelpFormatter
+_FMT = HelpFormatter
 
 
 def _add_build(sub):

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from e4e.cli import HelpFormatter
 
 __all__ = ["gap_readout", "add_cli"]
 
@@ -86,7 +87,7 @@ def add_cli(sub) -> None:
     from e4e.train import SYNTH_GENERATOR
 
     p = sub.add_parser("gap-readout", help="optimisation W / W+ L2 on real vs generated images per gap level",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__,)
+                       formatter_class=HelpFormatter, description=__doc__,)
     p.add_argument("--generator", default=str(SYNTH_GENERATOR), help="rosinality generator file")
     p.add_argument("--gaps", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="gap levels")
     p.add_argument("--n", type=int, default=16, help="images per set")

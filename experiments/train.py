@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         print(C.to_yaml(cfg), end="")
         print(f"# config_hash: {C.config_hash(cfg)}")
         return 0
-    from e4e.train import train
+    from e4e.train import NonFiniteError, train
     from e4e.weights import WeightsMissingError
 
     try:
         summary = train(cfg)
-    except (WeightsMissingError, C.ConfigError) as e:
+    except (WeightsMissingError, C.ConfigError, NonFiniteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import os

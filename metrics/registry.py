@@ -216,9 +216,9 @@ class EvalContext:
     def _progress(self, it, desc: str, total: int | None = None):
         if not self.progress:
             return it
-        from tqdm.auto import tqdm
+        from e4e.progress import track
 
-        return tqdm(it, desc=desc, total=total, leave=False)
+        return track(it, desc, total=total, leave=False)
 
     # -- inversions (computed once, shared by every metric) ---------------------------------------
     @torch.no_grad()

@@ -1,5 +1,6 @@
 """The one trainer: every method learns, progressive stages, ablation switches, kill/resume into the
 same MLflow run, Ranger state round-trip, missing-weights errors, DDP (2 gloo ranks)."""
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from e4e import config as C
 from e4e import tracking as T
 from e4e.models.stylegan2 import Generator
 from e4e.optim import Ranger, build_optimizer
-from e4e.train import ENCODER_METHODS, load_training_checkpoint, train
+from e4e.train import ENCODER_METHODS, NonFiniteError, load_training_checkpoint, train
 from e4e.weights import WeightsMissingError, locate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -451,3 +452,41 @@ def test_every_domain_config_names_its_missing_weights_then_trains(domain, gen, 
     assert not (tmp_path / "a" / "last.pt").exists() and not (tmp_path / "b" / "last.pt").exists()
     cfg = C.build_config(base, [f"out_dir={tmp_path / 'c'}", *SMOKE, "loss.lpips_lambda=0", "loss.id_lambda=0"])
     assert train(cfg, generator=gen, train_set=train_set, val_set=val_set)["step"] == 1
+
+
+@pytest.mark.parametrize("method", ["e4e", "restyle_e4e"])
+def test_bf16_autocast_learns_close_to_fp32(method, gen, images, mlflow_uri, tmp_path):
+    """precision=bf16 is opt-in: it trains (finite, the loss falls) and stays near the fp32 result."""
+    fixed = torch.utils.data.TensorDataset(images[:4])
+    out = {}
+    for prec in ("fp32", "bf16"):
+        cfg = tiny_cfg(tmp_path / prec, method, "max_steps=20", "val_every=5", "ckpt_every=20", "optim.name=adam",
+                       f"precision={prec}", "delta_reg.enabled=true", "adversarial.enabled=true")
+        s = train(cfg, generator=gen, train_set=fixed, val_set=fixed)
+        val = values(s["run_id"], "val/loss_l2")
+        assert all(math.isfinite(v) for v in val) and val[-1] < 0.9 * val[0], (prec, val)
+        out[prec] = val[-1]
+    assert out["bf16"] == pytest.approx(out["fp32"], rel=0.25)
+
+
+def test_precision_and_non_finite_values_are_validated(tmp_path):
+    with pytest.raises(C.ConfigError, match="precision"):
+        tiny_cfg(tmp_path, "e4e", "precision=fp16")
+    for bad in ("optim.lr=inf", "delta_reg.weight=nan", "loss.l2_lambda=-inf"):
+        with pytest.raises(C.ConfigError, match="finite|>= 0"):
+            tiny_cfg(tmp_path, "e4e", bad)
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_finite_checkpoint(gen, images, mlflow_uri, tmp_path):
+    fixed = torch.utils.data.TensorDataset(images[:4])
+    cfg = tiny_cfg(tmp_path, "e4e", "max_steps=4", "ckpt_every=2", "optim.name=adam")
+    train(cfg, generator=gen, train_set=fixed, val_set=None)           # 4 finite steps, last.pt at step 4
+    before = (tmp_path / "last.pt").read_bytes()
+    blown = tiny_cfg(tmp_path, "e4e", "max_steps=8", "ckpt_every=2", "optim.name=adam", "optim.lr=1e30")
+    blown.out_dir = str(tmp_path / "blown")
+    with pytest.raises(NonFiniteError, match=r"step \d+: .*loss"):
+        train(blown, generator=gen, train_set=fixed, val_set=None)
+    ck = torch.load(tmp_path / "blown" / "last.pt", weights_only=True) if (tmp_path / "blown" / "last.pt").exists() else None
+    if ck is not None:  # every checkpoint written before the blow-up is finite
+        assert all(torch.isfinite(v).all() for v in ck["inverter"].values() if torch.is_tensor(v) and v.is_floating_point())
+    assert (tmp_path / "last.pt").read_bytes() == before

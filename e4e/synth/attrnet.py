@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+from e4e.progress import Progress, track
 
 from .render import ATTRIBUTES
 
@@ -110,8 +110,8 @@ def load_split(data_root: str | os.PathLike, split: str, limit: int | None = Non
         with Image.open(Path(data_root) / f) as im:
             return np.asarray(im.convert("RGB"))
 
-    imgs = np.stack([read(f) for f in tqdm(files, desc=f"load {split}", unit="img", leave=False,
-                                           disable=len(files) < 2000)])
+    imgs = np.stack([read(f) for f in track(files, f"load {split}", unit="img", leave=False,
+                                            disable=len(files) < 2000)])
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(values)
 
 
@@ -179,8 +179,9 @@ def train_attrnet(data_root: str | os.PathLike, out: str | os.PathLike | None, s
 
     best, best_state, history = float("inf"), None, []
     first_val = evaluate_attrnet(net, x_va, y_va)["mse_norm"]
-    bar = tqdm(range(steps), desc="train attrnet", disable=not progress)
-    for step in bar:
+    bar = Progress(steps, "train attrnet", unit="step", disable=not progress)
+    for step in range(steps):
+        bar.update(1)
         net.train()
         idx = torch.randint(0, len(x_tr), (batch,), generator=g)
         x = _augment(_to_float(x_tr[idx]), g).to(device)
@@ -196,6 +197,7 @@ def train_attrnet(data_root: str | os.PathLike, out: str | os.PathLike | None, s
             bar.set_postfix(loss=f"{loss.item():.4f}", val=f"{val:.4f}")
             if val < best:
                 best, best_state = val, {k: v.detach().clone() for k, v in net.state_dict().items()}
+    bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
     test = evaluate_attrnet(net, x_te, y_te)

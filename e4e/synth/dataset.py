@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from e4e.progress import Progress
 
 from .render import (ATTRIBUTE_SPECS, ATTRIBUTES, BEYOND_MAX, BEYOND_RANGE, REALISM_DETAILS, render,
                      sample_attributes, stretch_attributes)
@@ -82,7 +82,7 @@ def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 10
         for i in range(0, counts[split], chunk):
             jobs.append((str(folder), i, attrs[split][i:i + chunk], size, supersample, gap, seeds[i:i + chunk]))
 
-    bar = tqdm(total=sum(counts.values()), desc="render synth", unit="img", disable=not progress)
+    bar = Progress(sum(counts.values()), "render synth", unit="img", disable=not progress)
     if workers <= 1:
         for job in jobs:
             bar.update(_render_chunk(job))

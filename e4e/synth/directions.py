@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from e4e.progress import track
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "directions"
 FFHQ_NAMES = {"yaw": "pose"}
@@ -28,7 +28,7 @@ def label_samples(generator, attrnet, n: int, seed: int = 0, batch: int = 250, p
     """(w [n, D], attributes [n, K]) of ``n`` seeded generator samples."""
     g = torch.Generator().manual_seed(seed)
     ws, attrs = [], []
-    for i in tqdm(range(0, n, batch), desc="label samples", disable=not progress):
+    for i in track(range(0, n, batch), "label samples", disable=not progress):
         z = torch.randn(min(batch, n - i), generator.style_dim, generator=g)
         w = generator.mapping(z)
         ws.append(w)

@@ -657,8 +657,8 @@ class GANTrainer:
                 tracker.client.set_tag(self.run_id, "resumed_at_step", str(self.step))
         pbar = None
         if self.rank == 0 and cfg.progress:
-            from tqdm import tqdm
-            pbar = tqdm(total=cfg.steps, initial=self.step, dynamic_ncols=True, mininterval=5, file=sys.stderr)
+            from e4e.progress import Progress
+            pbar = Progress(cfg.steps, "train gan", unit="step", initial=self.step)
         t_start = time.time()
         t_base = self.train_seconds
         last_ckpt = time.time()
@@ -693,7 +693,7 @@ class GANTrainer:
                 if pbar is not None:
                     pbar.update(1)
                     if step % 10 == 0:
-                        pbar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in ("loss_d", "loss_g", "r1")})
+                        pbar.set_postfix(**{k: f"{v:.3f}" for k, v in logs.items() if k in ("loss_d", "loss_g", "r1")})
                 if self.rank == 0 and cfg.sample_every and step % cfg.sample_every == 0:
                     p = self.sample_grid(self.out_dir / "samples" / f"step_{step:07d}.png")
                     if tracker is not None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from e4e.progress import track
 
 from e4e.models.backbones import SMALL, TRUNKS, TrunkMixin
 
@@ -136,7 +136,7 @@ def pretrain_trunk(out, steps: int = 500, batch: int = 64, fresh: int = 16, gap_
     sched = _cosine(opt, steps)
     pool = RenderPool(train_rng, size, batch, fresh, gap_max)
     history = []
-    for step in tqdm(range(steps), desc="pretrain trunk", disable=not progress):
+    for step in track(range(steps), "pretrain trunk", disable=not progress):
         loss = _train_step(net, opt, sched, *pool.next())
         if (step + 1) % log_every == 0 or step + 1 == steps:
             history.append(dict(step=step + 1, train_loss=round(loss, 5)))

@@ -1,0 +1,23 @@
+"""What every command-line entry point shares: the help formatter (the module docstring verbatim,
+defaults shown only where there is one) and the error convention (one ``error:`` line, exit 2)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Description kept as written; ``(default: X)`` appended when X is a real default (not None,
+    not a store_true's False) and the help text does not already show it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def fail(message: str, code: int = 2) -> int:
+    """Print one ``error:`` line to stderr and return the exit code (``return fail(...)``)."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
