@@ -24,6 +24,7 @@ that batch); ``reset_noise()`` forgets them.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable
 
 import torch
@@ -106,9 +107,11 @@ def build_distance(name: str, fallback: str | None, device):
     try:
         fn, mod = PERCEPTUAL[name](device)
         return fn, mod, name
-    except WeightsMissingError:
+    except WeightsMissingError as exc:
         if not fallback or fallback == "none" or fallback == name:
             raise
+        print(f"warning: projection distance {name!r} unavailable ({str(exc).splitlines()[0]}); "
+              f"using the fallback {fallback!r}", file=sys.stderr, flush=True)
         fn, mod = PERCEPTUAL[fallback](device)
         return fn, mod, fallback
 

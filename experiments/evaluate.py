@@ -110,7 +110,7 @@ def load_test_images(domain: str, n: int | None = None, split: str = "test"):
 # MLflow
 # =============================================================================================
 def log_results(client, run_id: str, values: dict, per_image: dict, unavailable: dict, prefix: str = DEFAULT_PREFIX,
-                extra: dict | None = None) -> None:
+                extra: dict | None = None, artifact_path: str = "eval") -> None:
     from mlflow.entities import Metric, RunTag
 
     ts = int(time.time() * 1000)
@@ -120,7 +120,7 @@ def log_results(client, run_id: str, values: dict, per_image: dict, unavailable:
         client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
     with tempfile.TemporaryDirectory() as tmp:
         write_outputs(Path(tmp), values, per_image, unavailable, extra)
-        client.log_artifacts(run_id, tmp, "eval")
+        client.log_artifacts(run_id, tmp, artifact_path)
 
 
 def write_outputs(out: Path, values: dict, per_image: dict, unavailable: dict, extra: dict | None = None) -> None:

@@ -605,6 +605,8 @@ def _log_params(task: MemberTask, cfg) -> None:
     client = _client(task.tracking_uri)
     existing = client.get_run(task.run_id).data.params
     params = tracking.flatten_params(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg))
+    # nothing is trained: the encoder-training switches do not apply (tagged n/a), so they are not logged
+    params = {k: v for k, v in params.items() if k.split(".")[0] not in SWITCH_WORDS}
     tracking.log_params(client, task.run_id, {k: v for k, v in params.items() if k not in existing})
 
 
@@ -626,8 +628,24 @@ def evaluate_member(task: MemberTask, inverter, client) -> dict[str, float]:
                                                 **(spec.get("options") or {}))
     if values and not any(math.isfinite(v) for v in values.values()):
         raise FloatingPointError(f"every evaluation metric is non-finite: {values}")
-    E.log_results(client, task.run_id, values, per_image, unavailable, prefix=TEST_PREFIX,
-                  extra={"n_images": len(images), "spec": spec})
+    # a re-evaluation on another number of images is kept apart: its own prefix, the test/* values stay
+    previous = client.get_run(task.run_id).data.tags.get("eval.n_images")
+    prefix = TEST_PREFIX if previous in (None, str(len(images))) else f"test_n{len(images)}/"
+    E.log_results(client, task.run_id, values, per_image, unavailable, prefix=prefix,
+                  extra={"n_images": len(images), "spec": spec},
+                  artifact_path="eval" if prefix == TEST_PREFIX else f"eval_n{len(images)}")
+    if prefix != TEST_PREFIX:
+        client.set_tag(task.run_id, f"eval.{prefix.rstrip('/')}", "true")
+        print(f"  {task.member.name}: evaluated on {len(images)} images, the run's test/* hold {previous}: "
+              f"logged as {prefix}*", flush=True)
+        return values
+    from mlflow.entities import Metric
+
+    from experiments.report import summary_metrics
+
+    ts = int(time.time() * 1000)
+    client.log_batch(task.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary_metrics(values).items()
+                                           if math.isfinite(v)])
     client.set_tag(task.run_id, "eval.n_images", str(len(images)))
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         if _qualitative(task, inverter, images, Path(tmp)):
@@ -788,8 +806,48 @@ def _create_child(client, exp_id: str, task: MemberTask, parent_id: str, sha: st
             "grid.order": str(task.member.order), "out_dir": task.out_dir, STAGE_TAG: "queued"}
     if task.member.depends_on:
         tags["depends_on"] = ",".join(task.member.depends_on)
+    tags.update(member_tags(task))
     run = client.create_run(exp_id, run_name=task.member.name, tags=tags)
     return run.info.run_id
+
+
+# what each method is, in words (the member runs' descriptions in the MLflow UI)
+METHOD_WORDS = {
+    "e4e": "e4e encoder (Encoder4Editing: one shared w plus per-layer offsets, codes in W^k)",
+    "psp": "pSp encoder (GradualStyleEncoder: one code per W+ row)",
+    "w_encoder": "W encoder (a single w repeated over the W+ rows)",
+    "restyle_e4e": "ReStyle with e4e's encoder and losses (iterative residual refinement)",
+    "restyle_psp": "ReStyle with pSp's encoder and losses (iterative residual refinement)",
+    "optim_w": "optimisation baseline: a single w optimised per image at evaluation time (nothing trained)",
+    "optim_wplus": "optimisation baseline: W+ codes optimised per image at evaluation time (nothing trained)",
+    "optim_from_encoder": "optimisation baseline: W+ codes optimised per image, started from the trained e4e "
+                          "member's inversion",
+}
+SWITCH_WORDS = {"delta_reg": "delta-regularisation", "adversarial": "latent discriminator",
+                "progressive": "progressive training"}
+
+
+def member_tags(task: MemberTask) -> dict[str, str]:
+    """``delta_reg`` / ``adversarial`` / ``progressive`` = on | off | n/a (optimisation baselines train
+    nothing) from the member's resolved config, and ``mlflow.note.content``: what the member is."""
+    method = task.member.method
+    words = METHOD_WORDS.get(method, method)
+    if method in OPTIM_METHODS or task.error:
+        tags = {k: "n/a" for k in SWITCH_WORDS}
+        cfg = None
+    else:
+        cfg = _task_config(task)
+        tags = {k: "on" if getattr(cfg, k).enabled else "off" for k in SWITCH_WORDS}
+    if cfg is not None and method == "e4e":
+        words += "; " + ", ".join(f"{SWITCH_WORDS[k]} {v}" for k, v in tags.items())
+    if cfg is not None:
+        words += f"; {cfg.max_steps} training steps, batch {cfg.batch_size}"
+    if task.member.options:
+        off = [SWITCH_WORDS.get(k, k) for k, v in task.member.options.items() if v is False]
+        if off:
+            words += f". Ablation: {' and '.join(off)} turned off"
+    tags["mlflow.note.content"] = words + "."
+    return tags
 
 
 def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir: str | Path = DEFAULT_RUNS_DIR,
@@ -839,6 +897,7 @@ def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir:
     ordered = [results[t.member.name] for t in tasks]
     failed = [r for r in ordered if r.status not in ("FINISHED", "SKIPPED")]
     _log_parent_summary(client, parent_id, ordered)
+    client.set_tag(parent_id, "mlflow.note.content", parent_note(grid, client, ordered))
     client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     return ordered
 
@@ -996,6 +1055,16 @@ def format_plan(grid: GridSpec, tasks: list[MemberTask]) -> str:
     head = (f"grid {grid.name} · domain {grid.domain} · profile {grid.profile} · "
             f"{sum(t.action != 'skip' for t in tasks)}/{len(tasks)} to run")
     return head + "\n" + _markdown(["member", "method", "config_hash", "action", "run", "last status", "needs"], rows)
+
+
+def parent_note(grid: GridSpec, client, results: list[MemberResult]) -> str:
+    """The grid's parent-run description (markdown): what ran and the members x headline-metrics table."""
+    n_ok = sum(r.status in ("FINISHED", "SKIPPED") for r in results)
+    head = (f"**{grid.name}** on `{grid.domain}`, profile `{grid.profile}`: {n_ok}/{len(results)} members finished. "
+            "↓ lower is better, ↑ higher is better; the member runs below carry the same numbers as "
+            "`summary/*` metrics and tags `method`, `delta_reg`, `adversarial`, `progressive` "
+            "(search e.g. `tags.delta_reg = 'off'`).")
+    return head + "\n\n" + results_table(client, results)
 
 
 def results_table(client, results: list[MemberResult]) -> str:

@@ -128,6 +128,11 @@ def member_runs(experiment: str | None = None, grid: str | None = None, uri: str
     if df.empty:
         return df
     df = df.drop_duplicates(subset="tags.member", keep="first").copy()
+    sizes = df.get("tags.eval.n_images")
+    if sizes is not None and sizes.dropna().nunique() > 1:
+        by = {m: n for m, n in zip(df["tags.member"], sizes) if n == n}
+        raise ValueError(f"members evaluated on different numbers of test images ({by}): their test/* metrics "
+                         "are not comparable; re-evaluate them on one size (grid run --reevaluate)")
     df["member"] = df["tags.member"]
     df["method"] = df.get("tags.method", pd.Series(index=df.index, dtype=object))
     order_col = "tags.grid.order"
@@ -184,6 +189,21 @@ SUMMARY_COLUMNS: dict[str, tuple[str, ...]] = {
     "dist. to W (PCA) ↓": (r"latent_dist_w_pca\d+",),
     "w recovery ↓": (r"w_recovery",),      # inverting G(w): 0 = the true w, 1 = W's mean
 }
+
+
+# short, stable MLflow metric names of the summary columns (``summary/<key>`` on every member run:
+# they sort together in the runs table and survive column renames)
+SUMMARY_KEYS: dict[str, str] = {
+    "L2 ↓": "l2", "LPIPS ↓": "lpips", "MS-SSIM ↑": "msssim", "FID ↓": "fid", "SWD ↓": "swd", "ID ↑": "id",
+    "LEC ↓": "lec", "LEC img ↓": "lec_img", "LEC feat ↓": "lec_feat", "edit gain ↑": "edit_gain",
+    "edit leak ↓": "edit_leak", "edit FID ↓": "edit_fid", "dist. to W ↓": "dist_w",
+    "dist. to W (PCA) ↓": "dist_w_pca", "w recovery ↓": "w_recovery",
+}
+
+
+def summary_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{metric: value}`` -> ``{'summary/<key>': value}`` for the summary columns that have a value."""
+    return {f"summary/{SUMMARY_KEYS[c]}": v for c, v in summarize(metrics).items() if v is not None}
 
 
 def summarize(metrics: Mapping[str, float]) -> dict[str, float | None]:
@@ -424,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"notebooks to run (default: {', '.join(NOTEBOOKS)})")
     ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
     ap.add_argument("--no-save-executed", action="store_true", help="do not write executed notebook copies")
+    ap.add_argument("--no-log-parent", action="store_true",
+                    help="do not attach the figures and tables to the grid's parent run (with --grid)")
     args = ap.parse_args(argv)
 
     nbs = [p if Path(p).exists() else NOTEBOOKS_DIR / p for p in args.notebooks] if args.notebooks else None
@@ -436,7 +458,29 @@ def main(argv: list[str] | None = None) -> int:
     written = sorted(str(p.relative_to(Path(args.out))) for p in Path(args.out).glob("*/*.*")
                      if p.parent.name in ("figures", "tables"))
     print(f"{len(results) - len(failed)}/{len(results)} notebooks ok; wrote {len(written)} files under {args.out}")
+    if args.grid and not args.no_log_parent:
+        parent = log_to_parent(args.tracking_uri, args.experiment, args.grid, Path(args.out))
+        if parent:
+            print(f"figures and tables attached to the grid's parent run {parent}")
     return 1 if failed else 0
+
+
+def log_to_parent(uri: str, experiment: str, grid: str, out: Path) -> str | None:
+    """Attach ``out/figures`` and ``out/tables`` to the latest parent run of ``grid`` (the MLflow UI
+    then shows the tradeoff plot and the qualitative grid on the grid's own run)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.grid = '{grid}' and tags.`grid.parent` = 'true'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    for sub in ("figures", "tables"):
+        if (out / sub).is_dir() and any((out / sub).iterdir()):
+            client.log_artifacts(run_id, str(out / sub), sub)
+    return run_id
 
 
 if __name__ == "__main__":

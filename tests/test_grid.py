@@ -331,6 +331,15 @@ def test_notebooks_run_on_the_grid_store(tiny, tmp_path):
     assert {"ablation.csv", "ablation.md"} <= {p.name for p in (out / "tables").iterdir()}
     assert {"tradeoff_distortion_perception.png", "qualitative_0.png", "training_curves.png",
             "per_image_distributions.png"} <= {p.name for p in (out / "figures").iterdir()}
+    # the figures and tables are attached to the grid's parent run
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tiny["uri"])
+    exp = c.get_experiment_by_name("synth")
+    parent_id = c.search_runs([exp.experiment_id], "tags.grid = 'tiny' and tags.`grid.parent` = 'true'",
+                              order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id  # the last grid call
+    figs = {a.path for a in c.list_artifacts(parent_id, "figures")}
+    assert {"figures/tradeoff_distortion_perception.png", "figures/qualitative_0.png"} <= figs
 
 
 def test_demo_spends_its_steps_on_e4e_psp_and_the_w_encoder():
@@ -356,3 +365,58 @@ def test_realism_gap_grid_evaluates_each_member_on_its_own_gap(tmp_path):
     bad.write_text("grid: bad\ndomain: synth\nprofiles: {demo: {}}\nmembers:\n  - {method: e4e, evaluate: {dta: x}}\n")
     with pytest.raises(G.GridError, match=r"member e4e evaluate"):
         G.load_grid(bad)
+
+
+def test_ui_parent_note_summary_metrics_and_tags(tiny):
+    """What the MLflow UI shows: the parent's note holds the results table, every member carries
+    summary/* metrics, switch tags (n/a where nothing is trained) and a description; tag search works."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tiny["uri"])
+    runs = {r.data.tags["member"]: r for r in child_runs(tiny["uri"], "tiny")}
+    parent = c.get_run(runs["e4e"].data.tags["mlflow.parentRunId"])
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| member" in note and "L2 ↓" in note and all(f"| {m} " in note for m in runs)
+    e4e_l2 = runs["e4e"].data.metrics["summary/l2"]
+    assert e4e_l2 == pytest.approx(runs["e4e"].data.metrics["test/l2"]) and f"{e4e_l2:.4g}" in note
+    for name, run in runs.items():
+        assert {"summary/l2", "summary/msssim", "summary/swd", "summary/dist_w"} <= set(run.data.metrics), name
+        assert run.data.tags["mlflow.note.content"].endswith(".")
+    tags = {m: (r.data.tags["delta_reg"], r.data.tags["adversarial"], r.data.tags["progressive"]) for m, r in runs.items()}
+    assert tags == {"e4e": ("on", "on", "on"), "w_encoder": ("off", "off", "off"),
+                    "optim_from_encoder": ("n/a", "n/a", "n/a")}
+    assert not any(k.startswith(("delta_reg.", "adversarial.", "progressive."))
+                   for k in runs["optim_from_encoder"].data.params)
+    exp = c.get_experiment_by_name("synth")
+    found = c.search_runs([exp.experiment_id], "tags.grid = 'tiny' and tags.delta_reg = 'off'")
+    assert {r.data.tags["member"] for r in found} == {"w_encoder"}
+
+
+def test_reevaluation_on_another_size_is_kept_apart(tiny):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tiny["uri"])
+    before = {r.data.tags["member"]: r for r in child_runs(tiny["uri"], "tiny")}["w_encoder"]
+    grid = G.load_grid(tiny["path"], only=["w_encoder"], eval_overrides={"n_images": 4})
+    (res,) = G.run_grid(grid, tiny["uri"], tiny["runs_dir"], reevaluate=True, progress=False)
+    assert res.status == "FINISHED"
+    after = c.get_run(before.info.run_id)
+    assert after.data.metrics["test/l2"] == before.data.metrics["test/l2"]       # the 8-image values stay
+    assert "test_n4/l2" in after.data.metrics and after.data.tags["eval.n_images"] == "8"
+    assert {a.path for a in c.list_artifacts(after.info.run_id, "eval_n4")} >= {"eval_n4/per_image.csv"}
+
+
+def test_report_refuses_to_mix_sample_sizes(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from experiments import report
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("synth")
+    for member, n in (("e4e", "32"), ("psp", "8")):
+        run = c.create_run(exp, tags={"member": member, "grid": "g", "grid.stage": "done", "eval.n_images": n})
+        c.log_metric(run.info.run_id, "test/l2", 0.1)
+        c.set_terminated(run.info.run_id)
+    with pytest.raises(ValueError, match="different numbers of test images"):
+        report.member_runs("synth", "g", uri=uri)

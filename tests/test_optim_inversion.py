@@ -71,12 +71,14 @@ def test_projection_reduces_loss(method, gen_and_targets):
         assert n.mean().abs() < 1e-4 and (n.square().mean() - 1).abs() < 1e-3
 
 
-def test_vgg_missing_falls_back_and_is_recorded(gen_and_targets):
+def test_vgg_missing_falls_back_and_is_recorded(gen_and_targets, capsys):
     if locate("vgg16") is not None:
         pytest.skip("VGG16 weights present on this machine")
     g, _ = gen_and_targets
     inv = INVERTERS["optim_wplus"](g, steps=1, w_avg_samples=100, perceptual="lpips_vgg", fallback="l2")
     assert (inv.requested_perceptual, inv.perceptual) == ("lpips_vgg", "l2")
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "lpips_vgg" in warning[0] and "'l2'" in warning[0]
     with pytest.raises(WeightsMissingError):
         INVERTERS["optim_wplus"](g, steps=1, w_avg_samples=100, perceptual="lpips_vgg", fallback="none")
 
