@@ -1,4 +1,4 @@
-"""Optimisation inversion baselines (DESIGN.md §7, NVlabs ``projector.py`` protocol), as Inverters.
+"""Optimisation inversion baselines (docs/design.md §7, NVlabs ``projector.py`` protocol), as Inverters.
 
 - ``optim_w``: one w per image (repeated over the W+ rows), NVlabs projector.
 - ``optim_wplus``: one code per W+ row, same schedule.

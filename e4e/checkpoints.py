@@ -1,4 +1,4 @@
-"""Loaders for every checkpoint format the e4e pipeline meets (DESIGN.md §2-3), all read with
+"""Loaders for every checkpoint format the e4e pipeline meets (docs/design.md §2-3), all read with
 ``torch.load(weights_only=True)``:
 
 * rosinality StyleGAN2 files (``{'g_ema', 'latent_avg'?}``, e.g. stylegan2-ffhq-config-f.pt) and

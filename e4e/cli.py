@@ -17,6 +17,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+def resolve_device(spec: str = "auto"):
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given (``--device``)."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
 def fail(message: str, code: int = 2) -> int:
     """Print one ``error:`` line to stderr and return the exit code (``return fail(...)``)."""
     print(f"error: {message}", file=sys.stderr)

@@ -1,6 +1,6 @@
-"""Typed training configuration (DESIGN.md §1, §5).
+"""Typed training configuration (docs/design.md §1, §5).
 
-The dataclass defaults ARE the official e4e recipe (official README / DESIGN.md §7). Experiment YAML
+The dataclass defaults ARE the official e4e recipe (official README / docs/design.md §7). Experiment YAML
 files hold only deltas; a YAML file may include others with ``defaults: [base.yaml, ...]`` (paths
 relative to the including file, merged in order, then the file's own keys). The command line adds a
 dotlist ``key.sub=value``. Merge order: dataclass defaults <- YAML files (in order) <- dotlist.
@@ -356,12 +356,6 @@ def _nest_key(key: str, value) -> dict:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return root
-
-
-def load_config(yaml_files: list[str | Path] | str | Path | None = None, dotlist: list[str] | None = None
-                ) -> TrainConfig:
-    """``build_config`` with the CLI's argument order: YAML file(s) (or None), then the dotlist."""
-    return build_config(yaml_files, dotlist)
 
 
 def load_yaml_chain(path: str | Path, _seen: tuple = ()) -> list[tuple[dict, str]]:

@@ -71,21 +71,11 @@ _LOADERS: dict[str, Callable[[Path], Any]] = {
 
 
 def direction_search_dirs(domain: str) -> list[Path]:
-    """Where ``load_direction(domain, name)`` looks, in order: ``$E4E_DIRECTIONS/<domain>``, the
-    domain's ``directions`` entry in ``e4e.data.DOMAINS`` (if any), the synth package assets,
-    ``<weights>/directions/<domain>`` and the official e4e layout ``<weights>/editings/...``."""
+    """Where ``load_direction(domain, name)`` looks, in order: ``$E4E_DIRECTIONS/<domain>``, the synth
+    package assets, ``<weights>/directions/<domain>`` and the official e4e layout ``<weights>/editings/...``."""
     dirs: list[Path] = []
     if os.environ.get("E4E_DIRECTIONS"):
         dirs.append(Path(os.environ["E4E_DIRECTIONS"]) / domain)
-    try:
-        from e4e import data
-
-        entry = data.DOMAINS.get(domain) if isinstance(data.DOMAINS, dict) else None
-        d = entry.get("directions") if isinstance(entry, dict) else getattr(entry, "directions", None)
-        if d:
-            dirs.append(Path(d))
-    except Exception:  # noqa: BLE001 - the data module is optional here
-        pass
     if domain == "synth":
         dirs.append(Path(__file__).resolve().parent / "synth" / "assets" / "directions")
         dirs.append(Path(__file__).resolve().parent / "synth" / "assets")

@@ -1,4 +1,4 @@
-"""The one interface every inversion method implements (DESIGN.md §2), and the method registry.
+"""The one interface every inversion method implements (docs/design.md §2), and the method registry.
 
 An ``Inverter`` maps images [B,3,H,W] in [-1,1] to W+ codes [B,n_latent,D] with ``latent_avg``
 already added, and generates images from such codes. Encoders, ReStyle and optimisation baselines

@@ -1,4 +1,4 @@
-"""Training losses of e4e (and pSp / ReStyle / the projection baselines), DESIGN.md §1, §7.
+"""Training losses of e4e (and pSp / ReStyle / the projection baselines), docs/design.md §1, §7.
 
 - ``l2``: pixel MSE.
 - ``LPIPSLoss``: the ``lpips`` package (linear layers shipped with it) over an AlexNet (or VGG16)

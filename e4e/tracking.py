@@ -1,4 +1,4 @@
-"""MLflow helpers shared by the trainer and the CLIs (DESIGN.md §5).
+"""MLflow helpers shared by the trainer and the CLIs (docs/design.md §5).
 
 - ``tracking_uri()``: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db`` (artifacts beside it,
   in ``mlruns/artifacts/<experiment>``).
@@ -140,9 +140,6 @@ class MetricBuffer:
         self.rows.clear()
         return n
 
-    def discard(self) -> None:
-        self.rows.clear()
-
 
 def git_sha(cwd: str | Path | None = None) -> str:
     try:
@@ -172,13 +169,6 @@ def system_tags(device) -> dict[str, str]:
 
     return {"git_sha": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "device_name": device_name(device)}
-
-
-def run_status(client, run_id: str) -> str | None:
-    try:
-        return client.get_run(run_id).info.status
-    except Exception:
-        return None
 
 
 def metric_steps(client, run_id: str, key: str) -> list[int]:

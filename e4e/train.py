@@ -1,4 +1,4 @@
-"""ONE trainer for every encoder method (DESIGN.md §1, §5, §6; issue 4).
+"""ONE trainer for every encoder method (docs/design.md §1, §5, §6; issue 4).
 
 Methods: ``e4e`` (Encoder4Editing), ``psp`` (GradualStyleEncoder, W+), ``w_encoder`` (one W code
 repeated), ``restyle_e4e`` / ``restyle_psp`` (N refinement iterations per batch, each iteration's

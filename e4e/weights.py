@@ -1,6 +1,6 @@
 """Registry of every external (pretrained) file the paper's pipeline uses, and the one place that
 finds them on disk. Nothing is ever downloaded; a missing file raises ``WeightsMissingError``
-naming the file, what it is for and where it comes from (DESIGN.md §3).
+naming the file, what it is for and where it comes from (docs/design.md §3).
 
 Search order for a file: explicit path > ``$E4E_WEIGHTS`` > ``./weights`` > ``$TORCH_HOME/hub/checkpoints``
 (the torch cache, for torchvision/pytorch-fid files).

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize images to PX (or H W) instead of the domain's encoder input size")
     p.add_argument("--n-images", type=int, default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of SWD / reference samples (default: %(default)s)")
     p.add_argument("--direction", action="append", default=[], metavar="NAME=FILE",
                    help="editing direction file for lec_<NAME>_* / edit_<NAME> (repeatable)")
@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
     client = None if args.no_mlflow else tracking.get_client(args.tracking_uri)
     ckpt = args.checkpoint or _checkpoint_of_run(client or tracking.get_client(args.tracking_uri), args.run)
+    from e4e.cli import resolve_device
+
+    args.device = resolve_device(args.device)
     inverter = load_inverter(ckpt, device=args.device).eval()
     size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
     images = load_images(args.data, args.domain, args.n_images, size=size)

@@ -20,7 +20,7 @@ Grid files (``experiments/grids/*.yaml``)
     data), ``evaluate`` (metrics, n_images, batch_size, data folder, qualitative edits, options),
     profile ``jobs`` (default ``--jobs``).
 
-MLflow (DESIGN.md §5)
+MLflow (docs/design.md §5)
     One experiment per domain. One parent run per grid call (tags ``grid``, ``profile``,
     ``domain``). Each member is a nested child run (``mlflow.parentRunId``) named after the member,
     tagged ``grid``, ``member``, ``method``, ``git_sha``, ``config_hash``, ``grid.order`` and
@@ -36,7 +36,7 @@ MLflow (DESIGN.md §5)
     ``eval/metrics.json``, ``eval/per_image.csv`` and ``eval/qualitative.npz`` (+ ``.png``): inputs,
     inversions and the same edits for every member, which the notebooks read.
 
-Launchers (DESIGN.md §6)
+Launchers (docs/design.md §6)
     ``local``: members in this process (``--jobs 1``) or in N spawned processes (``--jobs N``).
     ``submitit``: each member is a submitit job (SLURM on a cluster; ``--cluster local`` or
     ``--cluster debug`` run submitit's local executors, as the tests do).
@@ -963,8 +963,6 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
             running[t.member.name] = runner.submit(run_member, t)
         finished = [n for n, h in running.items() if h.done()]
         if not finished:
-            if not running and pending:   # unreachable: dependencies are validated at load time
-                raise GridError(f"cannot schedule {[t.member.name for t in pending]}")
             time.sleep(runner.poll_s)
             continue
         for n in finished:

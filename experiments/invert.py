@@ -64,7 +64,7 @@ def build_inverter(args, device):
     dotlist = list(args.overrides) + [f"model.method={args.method}"]
     if args.generator:
         dotlist.append(f"model.generator={args.generator}")
-    cfg = C.load_config(args.config, dotlist)
+    cfg = C.build_config(args.config, dotlist)
     generator = None
     if args.generator:
         from e4e.checkpoints import load_generator
@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from e4e.data import IMAGE_EXTENSIONS, list_images, load_image
     from e4e.weights import WeightsMissingError
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    from e4e.cli import resolve_device
+
+    device = resolve_device(args.device)
     try:
         paths = list_images(Path(args.images))
         inverter, source = build_inverter(args, device)

@@ -1,4 +1,4 @@
-"""CLI for the embedded synth domain (DESIGN.md section 4).
+"""CLI for the embedded synth domain (docs/design.md section 4).
 
 Subcommands::
 
@@ -17,7 +17,7 @@ import importlib
 import json
 import sys
 import time
-from e4e.cli import HelpFormatter
+from e4e.cli import HelpFormatter, resolve_device
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +63,7 @@ def _add_train_attrnet(sub):
     p.add_argument("--batch", type=int, default=64, help="batch size")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)")
     p.add_argument("--seed", type=int, default=0, help="seed")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.set_defaults(func=_run_train_attrnet)
 
@@ -75,7 +75,7 @@ def _run_train_attrnet(args):
 
     torch.set_num_threads(args.threads)
     metrics = train_attrnet(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr,
-                            seed=args.seed, device=args.device,
+                            seed=args.seed, device=resolve_device(args.device),
                             command=" ".join(["python -m experiments.synth", *sys.argv[1:]]))
     print(json.dumps(metrics, indent=2))
 

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = C.load_config(args.config, args.overrides)
+        cfg = C.build_config(args.config, args.overrides)
     except C.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
     python -m experiments.weights [--json] [--missing-only]
 
-Nothing is downloaded (DESIGN.md §3): a missing file is listed with its source; put it in
+Nothing is downloaded (docs/design.md §3): a missing file is listed with its source; put it in
 ``./weights/`` or ``$E4E_WEIGHTS`` (torchvision / pytorch-fid files also in ``$TORCH_HOME/hub/checkpoints``).
 The metrics and losses that need a missing file report themselves unavailable.
 """

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the e4e analysis (DESIGN.md §2): a registry of functions
+"""Evaluation metrics of the e4e analysis (docs/design.md §2): a registry of functions
 ``fn(ctx: EvalContext) -> MetricResult`` named by protocol. Importing the package registers the
 metrics of every module (nothing heavy is loaded: pretrained networks are built on first use).
 

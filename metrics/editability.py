@@ -1,4 +1,4 @@
-"""Ground-truth editability on the synth domain (beyond the paper, DESIGN.md §4): the paper could only
+"""Ground-truth editability on the synth domain (beyond the paper, docs/design.md §4): the paper could only
 ask users whether edits of inverted real images look right; on synth an attribute network measures it.
 
 ``edit_<attr>`` (e.g. ``edit_smile``): the InterFaceGAN direction d of ``attr`` (unit vector in W,

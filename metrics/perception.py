@@ -32,7 +32,6 @@ import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable
-from unittest import mock
 
 import numpy as np
 import torch
@@ -120,10 +119,15 @@ def build_fid_inception(device="cpu", weights: str | Path | None = None):
     path = require("inception_fid", weights)
     from pytorch_fid import inception as pfi
 
-    local = lambda *a, **k: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
-    with mock.patch.object(pfi, "load_state_dict_from_url", local):
+    # pytorch-fid fetches its weights through ``load_state_dict_from_url``; while the model is built,
+    # that name reads the local file instead (restored afterwards)
+    fetch = pfi.load_state_dict_from_url
+    pfi.load_state_dict_from_url = lambda *a, **k: torch.load(path, map_location="cpu", weights_only=True)
+    try:
         model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=True,
                                 normalize_input=True, use_fid_inception=True)
+    finally:
+        pfi.load_state_dict_from_url = fetch
     return model.eval().to(device), path
 
 

@@ -1,4 +1,4 @@
-"""Metric registry and the evaluation context shared by every metric (DESIGN.md §2).
+"""Metric registry and the evaluation context shared by every metric (docs/design.md §2).
 
 A metric is a function ``fn(ctx: EvalContext) -> MetricResult`` registered under a name that encodes
 its protocol (``l2``, ``lpips_alex``, ``swd`` ...). Parametric families are registered once with a
@@ -8,7 +8,7 @@ as keyword arguments.
 
 A metric that cannot be computed on this machine (pretrained file missing, no face found in any
 image, no editing direction for the domain) raises ``MetricUnavailable(reason)``; the evaluation
-driver records it as the MLflow tag ``unavailable.<metric>`` and never as a number (DESIGN.md §3).
+driver records it as the MLflow tag ``unavailable.<metric>`` and never as a number (docs/design.md §3).
 
 ``EvalContext`` holds the inverter, the real images (in [-1, 1]), batch size, device, domain, the
 editing directions, free-form options and a cache: the images are inverted once

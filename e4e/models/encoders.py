@@ -17,7 +17,7 @@ Key names equal the official ones (``input_layer``, ``body``, ``styles.i.convs``
 ``latlayer1/2``, ``output_pool``/``linear``; ResNet-34: ``conv1``, ``bn1``, ``relu``, ``body``) so
 official ``.pt`` files load with ``strict=True``. ``width``/``units``/``block_ch``/``small`` shrink
 the networks for tests and CPU runs; the defaults are the official architectures. The inverters
-registered here ('e4e', 'psp', 'w_encoder') return ``encoder(x) + latent_avg`` (DESIGN.md §2).
+registered here ('e4e', 'psp', 'w_encoder') return ``encoder(x) + latent_avg`` (docs/design.md §2).
 """
 from __future__ import annotations
 

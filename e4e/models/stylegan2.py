@@ -6,7 +6,7 @@ Key layout: ``style.1..n_mlp`` (mapping; ``style.0`` is the parameter-free Pixel
 ``conv1``, ``to_rgb1``, ``convs.i`` (``conv.blur.kernel`` on the upsampling ones), ``to_rgbs.i``
 (``upsample.kernel``), ``noises.noise_i``. Equalised learning rate is applied at run time.
 
-Public API (DESIGN.md §2): ``mapping(z)``, ``synthesis(w_plus, noise_mode)``, ``mean_latent(n, seed)``,
+Public API (docs/design.md §2): ``mapping(z)``, ``synthesis(w_plus, noise_mode)``, ``mean_latent(n, seed)``,
 attributes ``n_latent``, ``style_dim``, ``size``.
 """
 from __future__ import annotations

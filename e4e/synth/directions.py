@@ -1,4 +1,4 @@
-"""Editing directions for the synth generator (DESIGN.md §4), saved in the official file formats.
+"""Editing directions for the synth generator (docs/design.md §4), saved in the official file formats.
 
 - InterFaceGAN (Shen et al., CVPR 2020): ``n`` seeded samples w = mapping(z) are rendered with constant
   noise, labelled by the attribute network, and a linear SVM on the top/bottom 2% of each attribute

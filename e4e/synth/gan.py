@@ -841,11 +841,9 @@ def export_generator(ckpt: str | os.PathLike, out: str | os.PathLike, provenance
     latent_avg = g.mean_latent(n_avg, seed=0)[0]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from e4e.checkpoints import save_generator  # written by another part of the project
-        save_generator(g, out, latent_avg=latent_avg)
-    except ImportError:
-        torch.save({"g_ema": g.state_dict(), "latent_avg": latent_avg}, out)
+    from e4e.checkpoints import save_generator
+
+    save_generator(g, out, latent_avg=latent_avg)
     info = {
         "file": out.name, "bytes": out.stat().st_size,
         "architecture": {"size": cfg.size, "style_dim": cfg.style_dim, "n_mlp": cfg.n_mlp, "lr_mlp": cfg.lr_mlp,
