@@ -358,6 +358,41 @@ def _nest_key(key: str, value) -> dict:
     return root
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node, deep: bool = False):
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(f"{mark.name}:{mark.line + 1}:{mark.column + 1}: key {key!r} given twice "
+                              f"(first at line {seen[key].line + 1})")
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """One YAML file; a syntax error or a duplicate key is a ``ConfigError`` naming file:line:column."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
 def load_yaml_chain(path: str | Path, _seen: tuple = ()) -> list[tuple[dict, str]]:
     """A YAML file and its ``defaults`` includes, as (delta dict, source) pairs in merge order."""
     path = Path(path).resolve()
@@ -365,8 +400,7 @@ def load_yaml_chain(path: str | Path, _seen: tuple = ()) -> list[tuple[dict, str
         raise ConfigError(f"circular 'defaults' include: {' -> '.join(map(str, _seen + (path,)))}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     includes = data.pop("defaults", []) or []
@@ -433,12 +467,31 @@ def validate(cfg: TrainConfig) -> None:
     for key in _NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]!r}")
+    unknown = [k for k in cfg.model.encoder if k not in ENCODER_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], ENCODER_KEYS, n=1)
+        hint = f" Did you mean 'model.encoder.{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key 'model.encoder.{unknown[0]}'; valid: {', '.join(ENCODER_KEYS)}.{hint}")
+    for key in _NAME_KEYS:
+        _check_name(key, flat[key])
     bad = [k for k, v in flat.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise ConfigError(f"config key '{bad[0]}' must be finite, got {flat[bad[0]]!r}")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"config key 'data.val_fraction' must be in [0, 1), got {cfg.data.val_fraction}")
     parse_edits(cfg.image_edits)
+
+
+# keyword arguments of the encoders (e4e.models.encoders.EncoderBase) a config may set under model.encoder
+# (n_latent, style_dim and input_size come from the generator and the domain); tests keep this in sync
+ENCODER_KEYS = ("small", "width", "units", "block_ch", "backbone", "input_nc")
+# config values that become path components (an MLflow experiment, a run name): no separators
+_NAME_KEYS = ("experiment", "run_name")
+
+
+def _check_name(key: str, value: str) -> None:
+    if value and ("/" in value or "\\" in value or value in (".", "..") or value.startswith("..")):
+        raise ConfigError(f"config key '{key}' must be a plain name without path separators, got {value!r}")
 
 
 def parse_edits(items: list[str]) -> list[tuple[str, float]]:
@@ -449,10 +502,12 @@ def parse_edits(items: list[str]) -> list[tuple[str, float]]:
         try:
             if not sep or not name.strip():
                 raise ValueError
-            out.append((name.strip(), float(strength)))
+            value = float(strength)
         except ValueError:
             raise ConfigError(f"config key 'image_edits': {item!r} is not 'direction:strength' "
                               f"(e.g. 'smile:3')") from None
+        _check_name("image_edits", name.strip())
+        out.append((name.strip(), value))
     return out
 
 

@@ -122,12 +122,14 @@ class GridSpec:
 
 
 def _read_yaml(path: Path) -> dict:
+    from e4e.config import ConfigError, read_yaml
+
+    if not path.is_file():
+        raise GridError(f"grid file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise GridError(f"grid file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise GridError(f"{path}: invalid YAML: {exc}") from None
+        data = read_yaml(path) or {}
+    except ConfigError as exc:   # file:line:column, duplicate keys included
+        raise GridError(str(exc)) from None
     if not isinstance(data, dict):
         raise GridError(f"{path}: a grid file is a mapping, got {type(data).__name__}")
     _check_keys(data, GRID_KEYS, str(path))
@@ -1184,9 +1186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from e4e.config import ConfigError
+
     try:
         return COMMANDS[args.command](args)
-    except GridError as exc:
+    except (GridError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

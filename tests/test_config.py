@@ -141,3 +141,13 @@ def test_cli_print_config_and_help(capsys):
         main(["--help"])
     help_text = capsys.readouterr().out
     assert "adversarial.r1_gamma" in help_text and "default: 10.0" in help_text and "--print-config" in help_text
+
+
+def test_encoder_keys_match_the_encoder_constructor():
+    import inspect
+
+    from e4e.config import ENCODER_KEYS
+    from e4e.models.encoders import EncoderBase
+
+    params = set(inspect.signature(EncoderBase.__init__).parameters) - {"self", "n_latent", "style_dim", "input_size"}
+    assert params == set(ENCODER_KEYS)
