@@ -68,6 +68,11 @@ def resolve_path(path) -> Path:
     raise FileNotFoundError(f"checkpoint file not found: {p.resolve() if not p.is_absolute() else p}")
 
 
+class CheckpointError(ValueError):
+    """A file that is not the checkpoint it should be (not torch, truncated, pickles code, wrong
+    kind or architecture); the message names the file."""
+
+
 def _looks_like_torch_file(p: Path) -> bool:
     with open(p, "rb") as f:
         head = f.read(4)
@@ -80,7 +85,7 @@ def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Any
     ``allow_pickle=True`` (only for files you trust)."""
     p = resolve_path(path)
     if not _looks_like_torch_file(p):
-        raise ValueError(f"{p}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle)")
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle)")
     try:
         try:
             return torch.load(p, map_location=map_location, weights_only=True)
@@ -94,11 +99,16 @@ def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Any
                     return torch.load(p, map_location=map_location, weights_only=True)
             if allow_pickle:
                 return torch.load(p, map_location=map_location, weights_only=False)
-            raise ValueError(f"{p}: the checkpoint pickles Python objects {sorted(unsafe) or '(unknown)'}; "
+            raise CheckpointError(f"{p}: the checkpoint pickles Python objects {sorted(unsafe) or '(unknown)'}; "
                              "pass allow_pickle=True only if you trust the file") from None
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, KeyError, pickle.UnpicklingError) as e:
+    except pickle.UnpicklingError as e:
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(e) + "\n", re.S)
+        raise CheckpointError(f"{p}: refused by the safe loader (weights_only=True: "
+                              f"{reason.group(1).strip()[:120] if reason else 'not plain tensors'}): it pickles Python "
+                              "objects or is not a PyTorch checkpoint; nothing in it was executed") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         first = (str(e).splitlines() or [""])[0][:160]
-        raise ValueError(f"{p}: not a PyTorch checkpoint, or a truncated/corrupt one "
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint, or a truncated/corrupt one "
                          f"({type(e).__name__}: {first})") from None
 
 
@@ -162,10 +172,10 @@ def materialize(factory: Callable[[], nn.Module], state_dict: dict, what: str = 
     try:
         module.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:
-        raise ValueError(f"{what}: state dict does not match the architecture inferred from it:\n{e}") from None
+        raise CheckpointError(f"{what}: state dict does not match the architecture inferred from it:\n{e}") from None
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
-        raise ValueError(f"{what}: tensors missing from the checkpoint: {left[:6]}")
+        raise CheckpointError(f"{what}: tensors missing from the checkpoint: {left[:6]}")
     return module
 
 
@@ -178,7 +188,7 @@ def generator_config(sd: dict) -> dict:
     """Generator constructor arguments from a rosinality ``g_ema`` state dict."""
     missing = [k for k in ("style.1.weight", "input.input", "conv1.conv.weight") if k not in sd]
     if missing:
-        raise ValueError(f"not a rosinality StyleGAN2 generator state dict (missing {missing})")
+        raise CheckpointError(f"not a rosinality StyleGAN2 generator state dict (missing {missing})")
     n_mlp = len(_indices(sd, r"style\.(\d+)\.weight"))
     n_convs = len(_indices(sd, r"convs\.(\d+)\.conv\.weight"))
     size = 2 ** (n_convs // 2 + 2)
@@ -281,7 +291,7 @@ def _family(enc: dict) -> str:
         return "single"
     if "styles.0.linear.weight" in enc:
         return "restyle"
-    raise ValueError("encoder keys match no known encoder (no latlayer1 / styles / linear)")
+    raise CheckpointError("encoder keys match no known encoder (no latlayer1 / styles / linear)")
 
 
 def detect_method(enc: dict, opts: dict) -> str:
@@ -290,7 +300,7 @@ def detect_method(enc: dict, opts: dict) -> str:
     from_type = ENCODER_TYPES.get(str(opts.get("encoder_type", "")))
     if from_type is not None:
         if from_type not in FAMILY[family]:
-            raise ValueError(f"opts.encoder_type={opts['encoder_type']!r} contradicts the encoder keys ({family})")
+            raise CheckpointError(f"opts.encoder_type={opts['encoder_type']!r} contradicts the encoder keys ({family})")
         return from_type
     progressive = any(k in opts for k in E4E_OPTS)
     return {"pyramid": "e4e" if progressive else "psp", "single": "w_encoder",
@@ -305,11 +315,11 @@ def encoder_kwargs_from_state_dict(enc: dict, n_latent: int) -> dict:
         se = any(k.endswith("res_layer.5.fc1.weight") for k in enc)
         backbone, stem, marker = ("ir_se50" if se else "ir50"), enc["input_layer.0.weight"], "shortcut_layer.0.weight"
     else:
-        raise ValueError("encoder has neither an IR-SE input_layer nor a ResNet conv1")
+        raise CheckpointError("encoder has neither an IR-SE input_layer nor a ResNet conv1")
     blocks = _indices(enc, r"body\.(\d+)\..*")
     starts = [0] + [i for i in blocks if f"body.{i}.{marker}" in enc and i > 0]
     if len(starts) != 4:
-        raise ValueError(f"cannot split the encoder body into 4 stages (stage starts {starts})")
+        raise CheckpointError(f"cannot split the encoder body into 4 stages (stage starts {starts})")
     units = [b - a for a, b in zip(starts, starts[1:] + [len(blocks)])]
     kw = {"n_latent": n_latent, "input_nc": int(stem.shape[1]), "backbone": backbone,
           "width": stem.shape[0] / 64, "units": units}
@@ -355,7 +365,7 @@ def _official_inverter(obj: dict, path, method: str | None) -> Inverter:
     else:
         n_latent = n_gen
     if n_latent != n_gen:
-        raise ValueError(f"{path}: encoder has {n_latent} W+ rows but its decoder needs {n_gen}")
+        raise CheckpointError(f"{path}: encoder has {n_latent} W+ rows but its decoder needs {n_gen}")
     kw = encoder_kwargs_from_state_dict(enc, n_latent)
     inv_kwargs = {"input_size": _input_size(opts, kw.get("input_size", 256))}
     if method.startswith("restyle_"):
@@ -410,7 +420,7 @@ def init_encoder_from_irse50(encoder: nn.Module, path=None, generator: torch.Gen
     bad = _copy_trunk(encoder, {k: v for k, v in sd.items() if k.split(".")[0] in ("input_layer", "body")
                                 and k in own}, generator)
     if bad:
-        raise ValueError(f"{path or 'model_ir_se50.pth'}: does not fit the encoder trunk (e.g. {bad[:4]}); "
+        raise CheckpointError(f"{path or 'model_ir_se50.pth'}: does not fit the encoder trunk (e.g. {bad[:4]}); "
                          "use the full-width IR-SE-50 encoder")
     return encoder
 
@@ -453,11 +463,11 @@ def init_encoder_from_trunk(encoder: nn.Module, path, generator: torch.Generator
     obj = load_trunk(path)
     have, want = trunk_arch(obj["arch"]), trunk_arch(encoder.config())
     if have != want:
-        raise ValueError(f"{path}: the trunk's architecture {have} does not match the encoder's {want}")
+        raise CheckpointError(f"{path}: the trunk's architecture {have} does not match the encoder's {want}")
     missing = [k for k in trunk_state_dict(encoder) if k not in obj["state_dict"]]
     bad = missing or _copy_trunk(encoder, obj["state_dict"], generator)
     if bad:
-        raise ValueError(f"{path}: the trunk does not fit the encoder (e.g. {bad[:4]})")
+        raise CheckpointError(f"{path}: the trunk does not fit the encoder (e.g. {bad[:4]})")
     return encoder
 
 

@@ -572,6 +572,11 @@ def _load_generator(cfg, generator):
         from e4e.checkpoints import load_generator
 
         path = cfg.model.generator or default_generator_path(cfg.data.domain)
+        # the configs name package assets relative to the repository root ("e4e/synth/assets/..."):
+        # found from any working directory
+        packaged = Path(__file__).resolve().parents[1] / path
+        if not Path(path).is_absolute() and not Path(path).exists() and packaged.is_file():
+            path = packaged
         generator = load_generator(path)
     return generator
 
@@ -625,6 +630,14 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     final_inv_path, best_inv_path = out_dir / "inverter.pt", out_dir / "best_inverter.pt"
+    if info.main:  # before any work: a run that cannot write its checkpoints stops here
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            probe = out_dir / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise C.ConfigError(f"out_dir {out_dir} is not writable ({exc.strerror or exc})") from None
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -11,6 +11,35 @@ REPO = Path(__file__).resolve().parents[1]
 SYNTH = str(REPO / "experiments" / "configs" / "synth.yaml")
 
 
+class _Payload:
+    """Unpickling this runs code (creates the file ``executed``): a planted checkpoint must never load it."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path("executed"),))
+
+
+def _run_dir(tmp: Path, name: str, content: bytes | None) -> Path:
+    d = tmp / name
+    d.mkdir()
+    if content is not None:
+        (d / "last.pt").write_bytes(content)
+    return d
+
+
+def _train_argv(tmp: Path, out_dir: str) -> list[str]:
+    import numpy as np
+    from PIL import Image
+
+    imgs = tmp / "imgs"
+    if not imgs.exists():
+        imgs.mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(imgs / f"{i}.png")
+    return ["experiments.train", "--config", str(REPO / "experiments/configs/e4e.yaml"), "--config", SYNTH,
+            f"out_dir={out_dir}", "max_steps=2", "model.encoder.small=true", f"data.train_dir={imgs}",
+            f"data.val_dir={imgs}", "loss.lpips_lambda=0", "batch_size=2"]
+
+
 def _files(tmp: Path) -> dict[str, Path]:
     files = {"tab.yaml": "model:\n  method: e4e\n\tbad: 1\n", "indent.yaml": "model:\n  method: e4e\n bad: 1\n",
              "dup.yaml": "max_steps: 3\nmax_steps: 4\n", "list.yaml": "- 1\n- 2\n",
@@ -19,6 +48,18 @@ def _files(tmp: Path) -> dict[str, Path]:
     for name, text in files.items():
         (tmp / name).write_text(text)
         out[name] = tmp / name
+    import io
+    import pickle
+
+    import torch
+
+    good = io.BytesIO()
+    torch.save({"step": 1}, good)
+    out["text_ckpt"] = _run_dir(tmp, "text_ckpt", b"hello, not a checkpoint\n") / "last.pt"
+    out["truncated_ckpt"] = _run_dir(tmp, "truncated_ckpt", good.getvalue()[:200]) / "last.pt"
+    out["pickle_ckpt"] = _run_dir(tmp, "pickle_ckpt", pickle.dumps({"step": _Payload()})) / "last.pt"
+    (tmp / "a_file").write_text("x")
+    out["a_file"] = tmp / "a_file"
     return out
 
 
@@ -40,6 +81,10 @@ CASES = [  # (id, argv builder, expected text in the error line)
      "path separators"),
     ("grid-duplicate-key", lambda f: ["experiments.grid", "run", f["grid_dup.yaml"], "--dry-run"], "given twice"),
     ("grid-missing", lambda f: ["experiments.grid", "run", "/nonexistent_grid.yaml", "--dry-run"], "not found"),
+    ("last.pt-text", lambda f: _train_argv(f["a_file"].parent, f["text_ckpt"].parent), "text_ckpt/last.pt"),
+    ("last.pt-truncated", lambda f: _train_argv(f["a_file"].parent, f["truncated_ckpt"].parent), "truncated"),
+    ("last.pt-pickles-code", lambda f: _train_argv(f["a_file"].parent, f["pickle_ckpt"].parent), "nothing in it was executed"),
+    ("out_dir-unwritable", lambda f: _train_argv(f["a_file"].parent, f["a_file"] / "run"), "not writable"),
 ]
 
 
@@ -47,12 +92,13 @@ CASES = [  # (id, argv builder, expected text in the error line)
 def test_bad_input_is_one_error_line(case, tmp_path):
     _, argv, expected = case
     files = _files(tmp_path)
-    before = {p: p.read_bytes() for p in files.values()}
-    out = subprocess.run([sys.executable, "-m", *map(str, argv(files))], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=120)
+    cmd = [sys.executable, "-m", *map(str, argv(files))]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 2, (out.stdout, out.stderr)
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], out.stderr
     assert "Traceback" not in out.stderr
-    assert {p: p.read_bytes() for p in files.values()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)   # nothing else written
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before                      # nothing changed, nothing new (no run, no store, no payload)
+    assert not (tmp_path / "executed").exists()
