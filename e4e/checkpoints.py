@@ -233,10 +233,9 @@ def _plain(obj):
 def _atomic_save(obj, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    from e4e.fileio import atomic_torch_save
+
+    return atomic_torch_save(obj, path)
 
 
 def save_generator(g: Generator, path, latent_avg: torch.Tensor | None = None, extra: dict | None = None) -> Path:

@@ -29,8 +29,6 @@ logs and writes checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import os
 import random
@@ -43,7 +41,6 @@ import numpy as np
 import torch
 from torch import nn
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from e4e import checkpoints as CK
 from e4e import config as C
@@ -473,9 +470,9 @@ def _trainable_state(inverter: nn.Module) -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from e4e.fileio import atomic_torch_save
+
+    atomic_torch_save(obj, path)
 
 
 def load_training_checkpoint(path: str | Path) -> dict:

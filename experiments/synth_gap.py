@@ -13,7 +13,6 @@ reconstruction is measured. Reported per gap:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 

@@ -15,12 +15,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
+from e4e.fileio import atomic_torch_save
 from metrics.registry import EvalContext
 
 
@@ -46,18 +46,6 @@ def generator_digest(ctx: EvalContext) -> str:
 
 def key_digest(desc: dict) -> str:
     return hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_on_disk(ctx: EvalContext, kind: str, desc: dict, build: Callable[[], dict]) -> dict:

@@ -153,11 +153,10 @@ def cached_reference_features(ctx: EvalContext, fn, weights_sha: str) -> np.ndar
         with np.load(path) as z:
             return z["features"]
     feats = extract_features(fn, ctx.batches(), device=ctx.device).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    from e4e.fileio import atomic_write
+
     mu, sigma = feature_stats(feats)
-    np.savez(tmp, features=feats, mu=mu, sigma=sigma)
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez(f, features=feats, mu=mu, sigma=sigma))
     return feats
 
 

@@ -227,12 +227,9 @@ class DistillTrainer:
         for t in self.g.state_dict().values():
             if not torch.isfinite(t).all():
                 raise FloatingPointError(f"refusing to save a non-finite generator at step {self.step}")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "last.pt"
-        tmp = path.with_name(f"last.pt.{os.getpid()}.tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
-        return path
+        from e4e.fileio import atomic_torch_save
+
+        return atomic_torch_save(self.state(), self.out_dir / "last.pt")
 
     def load(self, path: Path) -> None:
         ck = torch.load(path, map_location="cpu", weights_only=True)

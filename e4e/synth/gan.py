@@ -606,11 +606,9 @@ class GANTrainer:
         rng = self._gather_rng()
         if self.rank != 0:
             return None
-        path = Path(path) if path else self.out_dir / "last.pt"
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.checkpoint(rng), tmp)
-        os.replace(tmp, path)
-        return path
+        from e4e.fileio import atomic_torch_save
+
+        return atomic_torch_save(self.checkpoint(rng), Path(path) if path else self.out_dir / "last.pt")
 
     def load(self, path: str | os.PathLike) -> None:
         ck = CK.load_checkpoint(path, map_location=self.device)
