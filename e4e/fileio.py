@@ -35,3 +35,98 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+# ---------------------------------------------------------------------------------------------
+# run-directory locks
+# ---------------------------------------------------------------------------------------------
+LOCK_NAME = ".lock"
+
+
+class LockedError(RuntimeError):
+    """The run directory is being used by another live process (``info``: its pid, host, start)."""
+
+    def __init__(self, path: Path, info: dict):
+        super().__init__(f"{path.parent} is in use by pid {info.get('pid')} on {info.get('host')} "
+                         f"(since {info.get('started')}); wait for it or stop it")
+        self.path, self.info = path, info
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def lock_info(directory: str | os.PathLike) -> dict | None:
+    """The lock of ``directory`` (pid, host, started, alive) or None when there is none."""
+    import json
+
+    path = Path(directory) / LOCK_NAME
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        info = {}
+    info["alive"] = _alive(info)
+    return info
+
+
+def _alive(info: dict) -> bool:
+    """A lock is alive when its process runs (same host: the pid exists). Locks of other hosts
+    are assumed alive (their processes cannot be seen from here)."""
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if info.get("host") != _host():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DirLock:
+    """Exclusive use of a run directory by one process: ``with DirLock(out_dir):``. A lock left by a
+    dead process (kill -9) is stale and taken over; the same process may enter it again (nested)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory) / LOCK_NAME
+        self.owned = False
+
+    def acquire(self) -> "DirLock":
+        import json
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = lock_info(self.path.parent) or {}
+                if info.get("pid") == os.getpid() and info.get("host") == _host():
+                    return self                      # nested: this process holds it already
+                if info.get("alive"):
+                    raise LockedError(self.path, info) from None
+                self.path.unlink(missing_ok=True)    # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": _host(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            self.owned = True
+            return self
+        raise LockedError(self.path, lock_info(self.path.parent) or {})
+
+    def release(self) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -613,10 +613,20 @@ def train(cfg: C.TrainConfig, *, run_id: str | None = None, generator: nn.Module
     if device.type == "cuda":
         torch.cuda.set_device(device)
     info = _dist_setup(device)
+    from e4e.fileio import DirLock
+
+    # one process per run directory: a second trainer (or grid) on the same out_dir stops with LockedError
+    lock = DirLock(Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg))
     try:
+        if info.main:
+            try:
+                lock.acquire()
+            except OSError as exc:
+                raise C.ConfigError(f"out_dir {lock.path.parent} is not writable ({exc.strerror or exc})") from None
         return _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual, identity, stop_after,
                       tracking_uri)
     finally:
+        lock.release()
         if info.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -462,6 +462,13 @@ def plan(grid: GridSpec, tracking_uri: str, runs_dir: str | Path = DEFAULT_RUNS_
                 t.action = "evaluate"
         if error:
             t.action = "invalid"
+        elif t.action != "skip":
+            from e4e.fileio import lock_info
+
+            lock = lock_info(out_dir)
+            if lock and lock.get("alive"):   # another live process trains it: never resume under it
+                t.action = "busy"
+                t.error = f"in use by pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}"
         tasks[m.name] = t
     return [tasks[m.name] for m in grid.members]
 
@@ -511,6 +518,20 @@ def run_member(task: MemberTask) -> MemberResult:
         import torch
 
         torch.set_num_threads(task.threads)
+    from e4e.fileio import DirLock, LockedError
+
+    lock = DirLock(task.out_dir)
+    try:
+        lock.acquire()
+    except LockedError as exc:   # another grid started it after this one planned: leave its run alone
+        return MemberResult(task.member.name, "BUSY", task.run_id, str(exc), None, {}, time.perf_counter() - t0)
+    try:
+        return _run_member(task, t0)
+    finally:
+        lock.release()
+
+
+def _run_member(task: MemberTask, t0: float) -> MemberResult:
     client = _client(task.tracking_uri)
     run_id = task.run_id
     try:
@@ -930,6 +951,8 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
         if t.action == "skip":
             results[t.member.name] = MemberResult(t.member.name, "SKIPPED", t.run_id,
                                                   checkpoint=_checkpoint_of(client, t))
+        elif t.action == "busy":
+            results[t.member.name] = MemberResult(t.member.name, "BUSY", t.run_id, error=t.error)
         else:
             pending.append(t)
     running: dict[str, Any] = {}
@@ -1039,7 +1062,8 @@ LAUNCHERS: dict[str, Callable[..., Any]] = {
 # tables
 # ================================================================================================
 ACTION_WORDS = {"run": "train+evaluate", "resume": "resume (same run)", "retry": "retry (same run)",
-                "skip": "skip (finished)", "evaluate": "re-evaluate", "invalid": "FAIL (bad config)"}
+                "skip": "skip (finished)", "evaluate": "re-evaluate", "invalid": "FAIL (bad config)",
+                "busy": "skip (another live process trains it)"}
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:
@@ -1105,6 +1129,12 @@ def grid_status(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI,
             stage = tags.get(STAGE_TAG)
             status += "" if stage in (None, "done") else f" [{stage}]"
             err = tags.get("error")
+            if t.previous_status == "RUNNING":   # a live process, or an orphan left by a kill
+                from e4e.fileio import lock_info
+
+                lock = lock_info(t.out_dir)
+                status += (f" (alive: pid {lock['pid']} on {lock['host']})" if lock and lock.get("alive")
+                           else " (orphan: no live process; the next run resumes it)")
         elif t.error:
             status, err = "INVALID", t.error
         results.append(MemberResult(t.member.name, status, t.run_id, err))

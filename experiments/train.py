@@ -50,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# config_hash: {C.config_hash(cfg)}")
         return 0
     from e4e.checkpoints import CheckpointError
+    from e4e.fileio import LockedError
     from e4e.train import NonFiniteError, train
     from e4e.weights import WeightsMissingError
 
     try:
         summary = train(cfg)
-    except (WeightsMissingError, C.ConfigError, NonFiniteError, CheckpointError, FileNotFoundError) as e:
+    except (WeightsMissingError, C.ConfigError, NonFiniteError, CheckpointError, FileNotFoundError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import os

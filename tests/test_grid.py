@@ -420,3 +420,32 @@ def test_report_refuses_to_mix_sample_sizes(tmp_path):
         c.set_terminated(run.info.run_id)
     with pytest.raises(ValueError, match="different numbers of test images"):
         report.member_runs("synth", "g", uri=uri)
+
+
+def test_member_locked_by_a_live_process_is_never_resumed(assets, tmp_path):
+    """A second grid on one store: the member another live process holds is BUSY, not resumed."""
+    import json
+    import os
+    import socket
+    import subprocess as sp
+
+    path = write_grid(tmp_path, assets, [{"method": "w_encoder"}], name="locked")
+    grid = G.load_grid(path)
+    runs_dir = tmp_path / "runs"
+    (task,) = G.plan(grid, assets["uri"], runs_dir)
+    holder = sp.Popen(["sleep", "60"])
+    try:
+        Path(task.out_dir).mkdir(parents=True)
+        (Path(task.out_dir) / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                              "started": "now"}))
+        assert G.plan(grid, assets["uri"], runs_dir)[0].action == "busy"
+        (res,) = G.run_grid(grid, assets["uri"], runs_dir, progress=False)
+        assert res.status == "BUSY" and str(holder.pid) in res.error
+        assert not (Path(task.out_dir) / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died (kill -9): its lock is stale, the next call takes the member over and finishes it
+    (res,) = G.run_grid(grid, assets["uri"], runs_dir, progress=False)
+    assert res.status == "FINISHED" and not (Path(task.out_dir) / ".lock").exists()
+    assert os.getpid() != holder.pid
