@@ -50,6 +50,9 @@ def artifact_root_for(uri: str, experiment: str) -> str | None:
     return (db.resolve().parent / "artifacts" / experiment).as_uri()
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 def get_or_create_experiment(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -57,7 +60,9 @@ def get_or_create_experiment(client, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri, name))
+        # a model-training experiment: the MLflow UI opens its runs table, not the GenAI pages
+        return client.create_experiment(name, artifact_location=artifact_root_for(client.tracking_uri, name),
+                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
