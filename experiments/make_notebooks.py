@@ -15,6 +15,7 @@ from e4e.cli import HelpFormatter
 
 SETUP = """\
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,8 +25,10 @@ import seaborn as sns
 
 from experiments import report as R
 
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a kernel without ipywidgets
+
 URI, EXPERIMENT, OUT = R.tracking_uri(), R.experiment_name(), R.reports_dir()
-print(f"tracking URI: {URI}\\nexperiment:   {EXPERIMENT}\\nreports dir:  {OUT}")
+print(f"tracking URI: {R.display(URI)}\\nexperiment:   {EXPERIMENT}\\nreports dir:  {R.display(OUT)}")
 sns.set_theme(style="whitegrid", context="notebook")
 runs = R.member_runs(EXPERIMENT)
 assert not runs.empty, f"no finished grid members in experiment {EXPERIMENT!r} of {URI}"

@@ -303,7 +303,20 @@ def write_table(df: pd.DataFrame, name: str, out: Path | None = None, caption: s
     csv, md = d / f"{name}.csv", d / f"{name}.md"
     df.to_csv(csv)
     md.write_text((caption + "\n\n" if caption else "") + to_markdown(df))
-    return csv, md
+    return display(csv), display(md)
+
+
+def display(path) -> Path | str:
+    """``path`` relative to the working directory when it lies below it (sqlite URIs too): what the
+    executed notebooks print, without the machine's absolute paths."""
+    text = str(path)
+    if text.startswith("sqlite:///"):
+        return "sqlite:///" + str(display(Path(text[len("sqlite:///"):])))
+    p = Path(text)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()) if p.is_absolute() else p
+    except ValueError:
+        return p
 
 
 def save_figure(fig, name: str, out: Path | None = None, dpi: int = 150) -> Path:
@@ -311,7 +324,7 @@ def save_figure(fig, name: str, out: Path | None = None, dpi: int = 150) -> Path
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+    return display(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,7 +411,7 @@ def execute_notebooks(notebooks: Iterable[str | Path] | None = None, *, uri: str
     env = dict(os.environ)
     env.update({"E4E_TRACKING_URI": _absolute_uri(uri or tracking_uri()),
                 "E4E_EXPERIMENT": experiment or experiment_name(),
-                "E4E_REPORTS_DIR": str(out), "MPLBACKEND": "Agg"})
+                "E4E_REPORTS_DIR": str(out), "MPLBACKEND": "Agg", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
     if grid:
         env["E4E_GRID"] = grid
     paths = [Path(p) for p in (notebooks or [NOTEBOOKS_DIR / n for n in NOTEBOOKS])]
