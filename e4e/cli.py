@@ -1,9 +1,8 @@
 """What every command-line entry point shares: the help formatter (the module docstring verbatim,
-defaults shown only where there is one) and the error convention (one ``error:`` line, exit 2)."""
+defaults shown only where there is one) and the ``--device auto`` rule."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -24,9 +23,3 @@ def resolve_device(spec: str = "auto"):
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
-
-
-def fail(message: str, code: int = 2) -> int:
-    """Print one ``error:`` line to stderr and return the exit code (``return fail(...)``)."""
-    print(f"error: {message}", file=sys.stderr)
-    return code

@@ -33,10 +33,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text), mode="w")
-
-
 # ---------------------------------------------------------------------------------------------
 # run-directory locks
 # ---------------------------------------------------------------------------------------------

@@ -615,7 +615,8 @@ def train(cfg: C.TrainConfig, *, run_id: str | None = None, generator: nn.Module
     info = _dist_setup(device)
     from e4e.fileio import DirLock
 
-    # one process per run directory: a second trainer (or grid) on the same out_dir stops with LockedError
+    # one process per run directory: a second trainer (or grid) on the same out_dir stops with LockedError;
+    # taking the lock (it creates out_dir and a file in it) is also the check that out_dir is writable
     lock = DirLock(Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg))
     try:
         if info.main:
@@ -637,14 +638,6 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     final_inv_path, best_inv_path = out_dir / "inverter.pt", out_dir / "best_inverter.pt"
-    if info.main:  # before any work: a run that cannot write its checkpoints stops here
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            probe = out_dir / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise C.ConfigError(f"out_dir {out_dir} is not writable ({exc.strerror or exc})") from None
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
