@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -238,12 +239,35 @@ def _to_str(v):
 _SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
-def _parse_scalar_text(text: str):
-    """A dotlist value as YAML (so lists / dicts / null work), leaving plain words as strings."""
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
+
+
+def parse_value(text: str):
+    """The project's one override grammar for a value: YAML (so lists / dicts / null / booleans work),
+    plain words left as strings, and exponent floats without a dot (``1e-7``, which YAML 1.1 reads
+    as a string) read as floats."""
     try:
-        return yaml.safe_load(text)
+        v = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(v, str) and _FLOAT_RE.match(v.strip()):
+        return float(v)
+    return v
+
+
+def parse_dotlist(items) -> dict[str, Any]:
+    """``["a.b=1", "c=true"]`` -> ``{"a.b": 1, "c": True}``: the one ``key=value`` grammar of every CLI
+    and grid file (values by ``parse_value``; an empty value is the empty string)."""
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"override {it!r} is not key=value")
+        k, v = it.split("=", 1)
+        out[k.strip().lstrip("-")] = parse_value(v) if v.strip() else ""
+    return out
+
+
+_parse_scalar_text = parse_value
 
 
 def _coerce(value, tp, key: str):

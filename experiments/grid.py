@@ -328,14 +328,13 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def parse_dotlist(items: Iterable[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=true"]`` -> ``{"a.b": 1, "c": True}`` (values parsed as YAML scalars)."""
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise GridError(f"override {it!r} is not key=value")
-        k, v = it.split("=", 1)
-        out[k.strip().lstrip("-")] = yaml.safe_load(v) if v.strip() else ""
-    return out
+    """``["a.b=1", "c=true"]`` -> ``{"a.b": 1, "c": True}`` (``e4e.config.parse_dotlist``, as a GridError)."""
+    from e4e import config as C
+
+    try:
+        return C.parse_dotlist(items)
+    except C.ConfigError as e:
+        raise GridError(str(e)) from None
 
 
 # ================================================================================================

@@ -151,3 +151,14 @@ def test_encoder_keys_match_the_encoder_constructor():
 
     params = set(inspect.signature(EncoderBase.__init__).parameters) - {"self", "n_latent", "style_dim", "input_size"}
     assert params == set(ENCODER_KEYS)
+
+
+def test_one_override_grammar_reads_exponent_floats_and_yaml():
+    from e4e.config import ConfigError, parse_dotlist, parse_value
+
+    assert parse_value("1e-7") == 1e-7 and isinstance(parse_value("3E4"), float)
+    assert parse_value("1.5e-3") == 1.5e-3 and parse_value("7") == 7 and parse_value("true") is True
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("e4e") == "e4e" and parse_value("1e") == "1e"
+    assert parse_dotlist(["optim.lr=1e-4", "--seed=3", "name="]) == {"optim.lr": 1e-4, "seed": 3, "name": ""}
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_dotlist(["lr"])

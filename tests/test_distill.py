@@ -102,3 +102,57 @@ def test_resume_with_other_settings_records_a_phase(tmp_path):
     tr.fit()
     phases = torch.load(tmp_path / "last.pt", weights_only=True)["phases"]
     assert [p["from_step"] for p in phases] == [0, 2] and phases[1]["config"]["region_weight"] == 2.0
+
+
+SHARPEN = dict(adv_weight=0.05, edge_weight=1.0, r1_every=2)
+
+
+def test_sharpening_fine_tune_starts_from_a_generator_and_resumes_bit_identically(tmp_path):
+    """init_from loads G and G_ema from a rosinality file; the patch discriminator and its optimiser
+    are checkpointed, so a run split in two ends with the same weights as one run."""
+    net = load_attrnet()
+    base = D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path / "base"), steps=1, **TINY), net,
+                            log=lambda s: None)
+    base.fit()
+    D.export(tmp_path / "base" / "last.pt", tmp_path / "g.pt", n_quality=20)
+    init = str(tmp_path / "g.pt")
+    start = D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path / "x"), steps=0, init_from=init, **SHARPEN,
+                                             **TINY), net, log=lambda s: None)
+    ref = load_generator(init).state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in start.g_ema.state_dict().items())
+    full = D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path / "a"), steps=4, init_from=init, **SHARPEN,
+                                            **TINY), net, log=lambda s: None)
+    full.fit()
+    assert {"edge", "g_adv", "d", "r1"} <= set(full.history[-1]) | set(full.history[0])
+    half = D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path / "b"), steps=2, init_from=init, **SHARPEN,
+                                            **TINY), net, log=lambda s: None)
+    half.fit()
+    assert "d" in torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    resumed = D.DistillTrainer(D.DistillConfig(out_dir=str(tmp_path / "b"), steps=4, init_from=init, **SHARPEN,
+                                               **TINY), net, log=lambda s: None)
+    assert resumed.step == 2
+    resumed.fit()
+    for (k, a), b in zip(full.g_ema.state_dict().items(), resumed.g_ema.state_dict().values()):
+        assert torch.equal(a, b), k
+    for (k, a), b in zip(full.d.state_dict().items(), resumed.d.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_edges_ignore_a_shift_and_shrink_under_blur():
+    x = torch.randn(2, 3, 8, 8)
+    h, v = D.image_edges(x)
+    assert h.shape == (2, 3, 8, 7) and v.shape == (2, 3, 7, 8)
+    hc, vc = D.image_edges(x + 0.7)  # a constant shift keeps every edge
+    assert torch.allclose(h, hc, atol=1e-5) and torch.allclose(v, vc, atol=1e-5)
+    hb, _ = D.image_edges(torch.nn.functional.avg_pool2d(x, 3, 1, 1))  # blur shrinks them
+    assert hb.abs().mean() < h.abs().mean()
+
+
+def test_cli_reads_exponent_floats(tmp_path, capsys):
+    from experiments.synth import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--out", str(tmp_path), "--steps", "0", "lr=1e-7", "nope=1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "lr" not in err.split("valid")[0]
