@@ -46,6 +46,7 @@ from torch import nn
 
 from e4e import weights
 from e4e.inverter import Inverter, get_inverter
+from e4e.methods import FAMILIES, METHODS, load_inverters
 from e4e.models.stylegan2 import Generator, default_channels
 
 INVERTER_FORMAT = "e4e-lab-inverter"
@@ -252,12 +253,6 @@ def save_generator(g: Generator, path, latent_avg: torch.Tensor | None = None, e
 # ---------------------------------------------------------------------------------------------
 # inverters
 # ---------------------------------------------------------------------------------------------
-def _registry():
-    """Import the modules that register the encoder inverters."""
-    import baselines.restyle  # noqa: F401
-    import e4e.models.encoders  # noqa: F401
-
-
 def save_inverter(inverter: Inverter, path, extra: dict | None = None, config: dict | None = None) -> Path:
     """Write this project's inverter format (see the module docstring)."""
     enc = inverter.encoder
@@ -280,7 +275,7 @@ ENCODER_TYPES = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp",
                  "BackboneEncoder": "restyle_psp", "ResNetBackboneEncoder": "restyle_psp",
                  "ProgressiveBackboneEncoder": "restyle_e4e", "ResNetProgressiveBackboneEncoder": "restyle_e4e"}
 E4E_OPTS = ("progressive_steps", "progressive_start", "w_discriminator_lambda", "delta_norm_lambda")
-FAMILY = {"pyramid": ("e4e", "psp"), "single": ("w_encoder",), "restyle": ("restyle_e4e", "restyle_psp")}
+FAMILY = {k: v for k, v in FAMILIES.items() if k != "optim"}  # encoder families of the method table
 
 
 def _family(enc: dict) -> str:
@@ -302,8 +297,8 @@ def detect_method(enc: dict, opts: dict) -> str:
             raise CheckpointError(f"opts.encoder_type={opts['encoder_type']!r} contradicts the encoder keys ({family})")
         return from_type
     progressive = any(k in opts for k in E4E_OPTS)
-    return {"pyramid": "e4e" if progressive else "psp", "single": "w_encoder",
-            "restyle": "restyle_e4e" if progressive else "restyle_psp"}[family]
+    (method,) = [m for m in FAMILY[family] if len(FAMILY[family]) == 1 or METHODS[m].progressive == progressive]
+    return method
 
 
 def encoder_kwargs_from_state_dict(enc: dict, n_latent: int) -> dict:
@@ -337,7 +332,7 @@ def _input_size(opts: dict, arch_size: int):
 
 
 def _build_inverter(method, enc_kwargs, enc_sd, dec_sd, latent_avg, inv_kwargs, path, stage=None) -> Inverter:
-    _registry()
+    load_inverters()
     from e4e.models.encoders import build_encoder
 
     generator = generator_from_state_dict(dec_sd, f"{path} (decoder)")

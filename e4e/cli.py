@@ -16,10 +16,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def resolve_device(spec: str = "auto"):
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given (``--device``)."""
+def resolve_device(spec: str = "auto", local_rank: int | None = None):
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else as given (``--device``).
+    With ``local_rank`` (a torchrun process) a cuda device without an index becomes ``cuda:<local_rank>``."""
     import torch
 
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(spec)
+    if local_rank is not None and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from e4e.methods import METHODS
+
 
 class ConfigError(ValueError):
     """An invalid configuration: unknown key, wrong type or bad value."""
@@ -311,6 +313,10 @@ def _coerce(value, tp, key: str):
     raise ConfigError(f"config key '{key}': unsupported field type {tp}")
 
 
+# public name of the one value coercion (other dataclass configs, e.g. ``e4e.synth.gan.GANConfig``, use it)
+coerce_value = _coerce
+
+
 def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1, cutoff=0.5)
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
@@ -460,8 +466,7 @@ def build_config(yaml_files: list[str | Path] | str | Path | None = None, dotlis
 
 
 _CHOICES = {
-    "model.method": ("e4e", "psp", "w_encoder", "restyle_e4e", "restyle_psp", "optim_w", "optim_wplus",
-                     "optim_from_encoder"),
+    "model.method": tuple(METHODS),
     "projection.perceptual": ("lpips_vgg", "lpips_alex", "l2", "domain_features"),
     "projection.fallback": ("lpips_vgg", "lpips_alex", "l2", "domain_features", "none"),
     "model.noise_mode": ("const", "random", "none"),

@@ -40,36 +40,23 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-import torch.distributed as dist
-
 from e4e import checkpoints as CK
 from e4e import config as C
+from e4e import dist as D
+from e4e.cli import resolve_device
+from e4e.dist import DistInfo
+from e4e.methods import TRAINED_METHODS, load_inverters
 from e4e import losses as L
 from e4e import tracking as T
 from e4e.optim import build_optimizer
 
 CKPT_FORMAT = "e4e-lab-train"
-ENCODER_METHODS = ("e4e", "psp", "w_encoder", "restyle_e4e", "restyle_psp")
+ENCODER_METHODS = TRAINED_METHODS
 
 
 # ---------------------------------------------------------------------------------------------
 # registry / domain helpers
 # ---------------------------------------------------------------------------------------------
-def load_registry() -> dict:
-    """Import every module that registers inverters (no side effects beyond registration)."""
-    import importlib
-
-    from e4e.inverter import INVERTERS
-
-    for mod in ("e4e.models.encoders", "baselines.restyle", "baselines.optim"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real import error inside the module
-                raise
-    return INVERTERS
-
-
 def domain_info(domain: str) -> Any:
     from e4e.data import DOMAINS
 
@@ -94,70 +81,6 @@ def progressive_stage(step: int, n_latent: int, start: int, interval: int) -> in
     if step < start:
         return 0
     return min(n_latent - 1, 1 + (step - start) // interval)
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _resolve_device(spec: str, local_rank: int) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
-def _dist_setup(device: torch.device) -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
-
-
-def _allreduce_grads(module: nn.Module, info: DistInfo) -> None:
-    if not info.enabled:
-        return
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(info.world)
-
-
-def _gather(obj, info: DistInfo) -> list:
-    if not info.enabled:
-        return [obj]
-    out = [None] * info.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast(obj, info: DistInfo):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +369,7 @@ def _disc_step(cfg, disc, d_opt, pools, generator, fakes: list[torch.Tensor], st
     dl = L.disc_loss(real_pred, fake_pred)
     d_opt.zero_grad(set_to_none=True)
     dl.backward()
-    _allreduce_grads(disc, info)
+    D.allreduce_grads(disc.parameters(), info.world, zero_missing=False)
     d_opt.step()
     logs = {"loss_d": float(dl.detach()), "d_real": float(real_pred.detach().mean()),
             "d_fake": float(fake_pred.detach().mean())}
@@ -454,7 +377,7 @@ def _disc_step(cfg, disc, d_opt, pools, generator, fakes: list[torch.Tensor], st
         r1 = L.r1_penalty(disc, real)
         d_opt.zero_grad(set_to_none=True)
         (cfg.adversarial.r1_gamma / 2 * r1 * cfg.adversarial.r1_every).backward()
-        _allreduce_grads(disc, info)
+        D.allreduce_grads(disc.parameters(), info.world, zero_missing=False)
         d_opt.step()
         logs["loss_r1"] = float(r1.detach())
     disc.requires_grad_(False)
@@ -506,7 +429,7 @@ def default_out_dir(cfg: C.TrainConfig) -> Path:
 def _build_inverter(cfg: C.TrainConfig, generator, latent_avg, input_size):
     from e4e.inverter import get_inverter
 
-    load_registry()
+    load_inverters()
     factory = get_inverter(cfg.model.method)
     kwargs = dict(cfg.model.encoder)
     if cfg.model.method.startswith("restyle_"):
@@ -609,10 +532,10 @@ def train(cfg: C.TrainConfig, *, run_id: str | None = None, generator: nn.Module
     if cfg.model.method not in STEP_FNS:
         raise C.ConfigError(f"model.method {cfg.model.method!r} is not a trained method; trained: {sorted(STEP_FNS)}"
                             " (optimisation methods run in baselines.optim / experiments.invert)")
-    device = _resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    info = _dist_setup(device)
+    info = D.setup(device)
     from e4e.fileio import DirLock
 
     # one process per run directory: a second trainer (or grid) on the same out_dir stops with LockedError;
@@ -628,8 +551,7 @@ def train(cfg: C.TrainConfig, *, run_id: str | None = None, generator: nn.Module
                       tracking_uri)
     finally:
         lock.release()
-        if info.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        D.cleanup(info)
 
 
 def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual, identity, stop_after, tracking_uri):
@@ -761,7 +683,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
             client.log_artifact(run_id, str(out_dir / "config.yaml"))
         if pending:  # rows saved with the checkpoint but possibly not flushed before the kill
             _flush_pending(client, run_id, pending)
-    run_id = _broadcast(run_id, info)
+    run_id = D.broadcast_object(run_id, info.world)
 
     buffer = T.MetricBuffer()
     fixed_vis = None
@@ -770,8 +692,9 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
         fixed_vis = _fetch(vis_source, list(range(min(4, len(vis_source))))).to(device)
 
     def checkpoint(path: Path, step: int) -> None:
-        rng_all = _gather(CK.rng_state(), info)
-        pools_all = _gather((_pool_state(pools[0]), _pool_state(pools[1])) if pools else (None, None), info)
+        rng_all = D.gather_object(CK.rng_state(), info.world)
+        pools_all = D.gather_object((_pool_state(pools[0]), _pool_state(pools[1])) if pools else (None, None),
+                                    info.world)
         if not info.main:
             return
         ck = {"format": CKPT_FORMAT, "version": 1, "step": step, "method": cfg.model.method,
@@ -850,9 +773,9 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
                     improved = True
                     state.best_val, state.best_step = vlogs["loss"], state.step
                     buffer.add("val/best_loss", state.best_val, state.step)
-            improved = _broadcast(improved, info)
+            improved = D.broadcast_object(improved, info.world)
             if improved:
-                state.best_val, state.best_step = _broadcast((state.best_val, state.best_step), info)
+                state.best_val, state.best_step = D.broadcast_object((state.best_val, state.best_step), info.world)
                 checkpoint(best_path, state.step)
                 if info.main:
                     save_inverter_file(best_inv_path)
@@ -889,7 +812,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
                                     "train_seconds": f"{time.perf_counter() - t_start:.1f}"})
         if own_run:
             client.set_terminated(run_id, "FINISHED")
-    return _with_checksum(_broadcast(summary, info), params)
+    return _with_checksum(D.broadcast_object(summary, info.world), params)
 
 
 def _with_checksum(summary: dict, params) -> dict:

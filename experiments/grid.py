@@ -64,6 +64,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 from e4e.cli import HelpFormatter
+from e4e.methods import METHODS, OPTIM_METHODS, TRAINED_METHODS
 
 __all__ = ["GridSpec", "Member", "MemberTask", "MemberResult", "load_grid", "member_name", "plan",
            "run_grid", "grid_status", "run_member", "results_table", "main"]
@@ -340,8 +341,6 @@ def parse_dotlist(items: Iterable[str]) -> dict[str, Any]:
 # ================================================================================================
 # the project's pieces this runner drives (imported lazily: no side effects at import)
 # ================================================================================================
-TRAINED_METHODS = ("e4e", "psp", "w_encoder", "restyle_e4e", "restyle_psp")
-OPTIM_METHODS = ("optim_w", "optim_wplus", "optim_from_encoder")
 
 
 def resolve_config(grid: GridSpec, member: Member, out_dir: Path | None = None):
@@ -833,18 +832,8 @@ def _create_child(client, exp_id: str, task: MemberTask, parent_id: str, sha: st
     return run.info.run_id
 
 
-# what each method is, in words (the member runs' descriptions in the MLflow UI)
-METHOD_WORDS = {
-    "e4e": "e4e encoder (Encoder4Editing: one shared w plus per-layer offsets, codes in W^k)",
-    "psp": "pSp encoder (GradualStyleEncoder: one code per W+ row)",
-    "w_encoder": "W encoder (a single w repeated over the W+ rows)",
-    "restyle_e4e": "ReStyle with e4e's encoder and losses (iterative residual refinement)",
-    "restyle_psp": "ReStyle with pSp's encoder and losses (iterative residual refinement)",
-    "optim_w": "optimisation baseline: a single w optimised per image at evaluation time (nothing trained)",
-    "optim_wplus": "optimisation baseline: W+ codes optimised per image at evaluation time (nothing trained)",
-    "optim_from_encoder": "optimisation baseline: W+ codes optimised per image, started from the trained e4e "
-                          "member's inversion",
-}
+# what each method is, in words (the member runs' descriptions in the MLflow UI): the method table's
+METHOD_WORDS = {name: m.words for name, m in METHODS.items()}
 SWITCH_WORDS = {"delta_reg": "delta-regularisation", "adversarial": "latent discriminator",
                 "progressive": "progressive training"}
 

@@ -50,9 +50,9 @@ def _size_hw(size) -> tuple[int, int]:
 def build_inverter(args, device):
     """(inverter, description) from the CLI arguments."""
     from e4e import config as C
-    from e4e.train import load_registry
+    from e4e.methods import load_inverters
 
-    load_registry()
+    load_inverters()
     if args.checkpoint and not args.method:
         from e4e.checkpoints import load_inverter
 

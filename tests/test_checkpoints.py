@@ -6,7 +6,7 @@ import argparse
 import pytest
 import torch
 
-import baselines.restyle  # noqa: F401
+import e4e.models.restyle  # noqa: F401
 from e4e.checkpoints import (generator_config, load_checkpoint, load_generator, load_inverter, save_generator,
                              save_inverter)
 from e4e.inverter import get_inverter

@@ -246,3 +246,16 @@ def test_sigterm_stops_cleanly_and_saves(tmp_path):
     assert res["stopped"] == "signal" and res["step"] == 2
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_override_uses_the_project_dotlist_grammar():
+    cfg = GANConfig(**TINY).override(["steps=1e3", "progress=off", "lr=1", "--seed=3", "tracking_uri=none"])
+    assert (cfg.steps, cfg.progress, cfg.lr, cfg.seed, cfg.tracking_uri) == (1000, False, 1.0, 3, "none")
+    assert isinstance(cfg.lr, float) and isinstance(cfg.steps, int)
+    assert cfg.override(["channels=4:8,8:8,16:4"]).channels == {4: 8, 8: 8, 16: 4}
+    assert cfg.override(["channels=16"]).channels[16] == 16
+    # one "res:ch" entry is no base-60 YAML int
+    assert GANConfig(size=4, channels={4: 1}).override(["channels=4:16"]).channels == {4: 16}
+    for bad in (["nope=1"], ["steps=abc"], ["progress=maybe"], ["steps"]):
+        with pytest.raises(ValueError):
+            cfg.override(bad)

@@ -93,6 +93,28 @@ def test_frechet_distance_matches_pytorch_fid():
     assert abs(perception.fid_from_features(c, c)) < 1e-6
 
 
+def test_gan_fid_and_metrics_fid_are_one_implementation():
+    """e4e.synth.gan's FID (fid_domain) and the metrics' FID agree on random features, and both equal
+    the scipy sqrtm formula (the GAN trainer's former implementation)."""
+    from scipy import linalg
+
+    from e4e import stats
+    from e4e.synth import gan
+
+    assert gan.fid_from_features is perception.fid_from_features is stats.fid_from_features
+    assert gan.feature_stats is perception.feature_stats is stats.feature_stats
+    rng = np.random.RandomState(1)
+    for n, m, d in [(300, 200, 32), (2000, 1500, 4), (20, 30, 64)]:
+        a = rng.randn(n, d)
+        b = rng.randn(m, d) @ rng.randn(d, d) * 0.3 + 0.7
+        (mu1, s1), (mu2, s2) = perception.feature_stats(a), perception.feature_stats(b)
+        ref = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2)
+                    - 2 * np.trace(np.asarray(linalg.sqrtm(s1 @ s2)).real))
+        got_gan = gan.fid_from_features(torch.from_numpy(a), torch.from_numpy(b))
+        assert got_gan == perception.fid_from_features(a, b)
+        assert got_gan == pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
 def test_feature_extraction_batch_invariant():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1)).eval()

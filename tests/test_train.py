@@ -102,9 +102,10 @@ def test_progressive_stages_switch_at_configured_steps(gen, images, mlflow_uri, 
 
 def test_progressive_stage_controls_the_offsets(gen, images):
     from e4e.inverter import get_inverter
-    from e4e.train import load_registry, set_stage
+    from e4e.methods import load_inverters
+    from e4e.train import set_stage
 
-    load_registry()
+    load_inverters()
     inv = get_inverter("e4e")(gen, latent_avg=gen.mean_latent(500), **TINY_ENCODER).eval()
     with torch.no_grad():
         set_stage(inv, 0)

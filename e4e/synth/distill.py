@@ -324,17 +324,19 @@ class DistillTrainer:
         last_ckpt = time.time()
         t_start, sec_start = time.time(), self.train_seconds
         acc: dict[str, float] = {}
+        cnt: dict[str, int] = {}
         while self.step < cfg.steps:
             t0 = time.time()
-            for k, v in self.train_step().items():
+            for k, v in self.train_step().items():  # means over the steps of the window that logged k
                 acc[k] = acc.get(k, 0.0) + v
+                cnt[k] = cnt.get(k, 0) + 1
             self.train_seconds += time.time() - t0
             if self.step % cfg.log_every == 0:
                 row = {"step": self.step, "minutes": round(self.train_seconds / 60, 2),
-                       **{k: round(v / cfg.log_every, 5) for k, v in acc.items()}}
+                       **{k: round(v / cnt[k], 5) for k, v in acc.items()}}
                 self.history.append(row)
                 self.log("[distill] " + json.dumps(row))
-                acc = {}
+                acc, cnt = {}, {}
             out_of_time = cfg.max_minutes > 0 and (self.train_seconds - sec_start) / 60 >= cfg.max_minutes
             if out_of_time or time.time() - last_ckpt >= cfg.ckpt_every_minutes * 60:
                 self.save()
@@ -356,6 +358,8 @@ def generator_quality(g: Generator, attrnet, n: int = 2000, seed: int = 1, batch
     - ``spread_ratio[attr]``: std of the attribute net's readings on G(z) / on render(attrs(z));
     - ``readout_r2[attr]``: R^2 of the readings on G(z) against the true attributes of z;
     - ``l1``: mean |G(z) - render(attrs(z))| in [-1, 1] units;
+    - ``edge_ratio``: mean |finite difference| of G(z) / of its rendered target inside the eye band
+      and mouth/nose window (``region_weights``): 1 = as sharp as the renderer, below 1 = blurred;
     - ``fid_domain``: Frechet distance of attribute-net features, G samples vs ``n`` renders of
       fresh attributes; ``fid_domain_floor``: two independent sets of ``n`` renders."""
     from .render import sample_attributes
@@ -364,6 +368,8 @@ def generator_quality(g: Generator, attrnet, n: int = 2000, seed: int = 1, batch
     gen = torch.Generator().manual_seed(seed)
     g.eval()
     pg, pr, true, fg, fr, l1 = [], [], [], [], [], []
+    mask = region_weights(g.size, 1.0) > 1  # the feature windows
+    edge_g = edge_t = 0.0
     for i in range(0, n, batch):
         z = torch.randn(min(batch, n - i), g.style_dim, generator=gen)
         x = ((g.sample(z, noise_mode="const").clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
@@ -374,6 +380,9 @@ def generator_quality(g: Generator, attrnet, n: int = 2000, seed: int = 1, batch
         pr.append(attrnet(t))
         true.append(a)
         l1.append((x - t).abs().mean((1, 2, 3)))
+        for a, b, m in zip(image_edges(x), image_edges(t), (mask[..., :, 1:], mask[..., 1:, :])):
+            edge_g += float((a.abs() * m).sum())
+            edge_t += float((b.abs() * m).sum())
     rng = np.random.default_rng(seed)
     for _ in range(2):
         imgs = torch.from_numpy(render(sample_attributes(n, rng))).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -382,7 +391,7 @@ def generator_quality(g: Generator, attrnet, n: int = 2000, seed: int = 1, batch
     resid = ((pg - true) ** 2).mean(0)
     r2 = 1 - resid / true.var(0, unbiased=False).clamp_min(1e-12)
     return {
-        "n": n, "seed": seed, "l1": float(torch.cat(l1).mean()),
+        "n": n, "seed": seed, "l1": float(torch.cat(l1).mean()), "edge_ratio": round(edge_g / edge_t, 4),
         "spread_ratio": {k: round(float(pg[:, j].std() / pr[:, j].std()), 4) for j, k in enumerate(ATTRIBUTES)},
         "readout_r2": {k: round(float(r2[j]), 4) for j, k in enumerate(ATTRIBUTES)},
         "fid_domain": fid_from_features(torch.cat(fg).numpy(), fr[0].numpy()),
@@ -473,6 +482,20 @@ def _run_export(args) -> None:
     print(json.dumps({"file": info["file"], "steps": info["steps"], "quality": info["quality"]}, indent=1))
 
 
+def _run_quality(args) -> None:
+    from e4e.checkpoints import CheckpointError, load_generator
+
+    from .attrnet import load_attrnet
+
+    torch.set_num_threads(args.threads)
+    try:
+        g = load_generator(args.generator).eval().requires_grad_(False)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(json.dumps(generator_quality(g, load_attrnet(), n=args.n), indent=1))
+
+
 def add_cli(sub) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("distill", help="train the synth generator by distillation from the renderer",
@@ -494,3 +517,9 @@ def add_cli(sub) -> None:
     e.add_argument("--command-line", default="", help="training command recorded in the provenance")
     e.add_argument("--note", action="append", default=[], help="free-text note for the provenance")
     e.set_defaults(func=_run_export)
+    q = sub.add_parser("generator-quality", help="spread, readout R^2, L1, edge ratio and FID of a synth generator "
+                       "against the renderer", formatter_class=fmt)
+    q.add_argument("--generator", default="e4e/synth/assets/generator_synth64.pt", help="generator file")
+    q.add_argument("--n", type=int, default=2000, help="samples")
+    q.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    q.set_defaults(func=_run_quality)

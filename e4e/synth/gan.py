@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,11 @@ import torch
 import torch.nn.functional as F
 
 from e4e import checkpoints as CK
+from e4e import config as C
+from e4e import dist as D
+from e4e.cli import resolve_device
 from e4e.models.stylegan2 import Discriminator, Generator
+from e4e.stats import feature_stats, fid_from_features  # noqa: F401  (public names of this module)
 
 __all__ = ["GANConfig", "GANTrainer", "train", "add_cli", "main", "load_image_folder", "export_generator",
            "fid_from_features", "feature_stats", "image_grid", "parse_channels"]
@@ -129,35 +134,32 @@ class GANConfig:
         return cls(**d)
 
     def override(self, items: list[str]) -> "GANConfig":
-        """Apply ``key=value`` overrides (typed by the dataclass field); unknown keys are rejected."""
+        """Apply ``key=value`` overrides: parsed by the project's one grammar (``e4e.config.parse_dotlist``),
+        then coerced to the field's type (``e4e.config.coerce_value``; ``channels`` by ``parse_channels``).
+        Unknown keys are rejected (ValueError)."""
         d = self.to_dict()
-        types = {f.name: f.type for f in dataclasses.fields(self)}
-        for item in items:
-            if "=" not in item:
-                raise ValueError(f"override must be key=value, got {item!r}")
-            k, v = item.split("=", 1)
-            k = k.strip()
-            if k not in types:
+        hints = typing.get_type_hints(GANConfig)
+        names = {f.name for f in dataclasses.fields(self)}
+        for k, v in C.parse_dotlist(items).items():
+            if k not in names:
                 raise ValueError(f"unknown GANConfig key {k!r}")
-            d[k] = _coerce(v, types[k], d[k])
+            if hints[k] is dict:
+                if isinstance(v, int) and not isinstance(v, bool):
+                    # YAML 1.1 reads one "res:ch" entry as a base-60 int ("4:16" -> 256): use the text
+                    v = _raw_value(items, k)
+                d[k] = parse_channels(v)
+            else:
+                d[k] = C.coerce_value(v, hints[k], k)
         return GANConfig.from_dict(d)
 
 
-def _coerce(v: str, typ, current):
-    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    if t == "bool":
-        if v.lower() in ("1", "true", "yes", "on"):
-            return True
-        if v.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"not a bool: {v!r}")
-    if t == "int":
-        return int(v)
-    if t == "float":
-        return float(v)
-    if t == "dict":
-        return parse_channels(v)
-    return v
+def _raw_value(items: list[str], key: str) -> str:
+    """The text of the last ``key=value`` item for ``key`` (as ``parse_dotlist`` reads keys)."""
+    for item in reversed(items):
+        k, _, v = item.partition("=")
+        if k.strip().lstrip("-") == key:
+            return v.strip()
+    raise KeyError(key)
 
 
 def parse_channels(spec) -> dict[int, int]:
@@ -240,51 +242,6 @@ class _DataOrder:
     def state(self, step: int, batch: int, world: int) -> dict:
         pos = step * world * batch
         return {"seed": self.seed, "n": self.n, "epoch": pos // self.n, "position": pos % self.n}
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed helpers
-# ---------------------------------------------------------------------------------------------
-def _dist():
-    import torch.distributed as dist
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def _init_distributed(device_type: str) -> tuple[int, int, bool]:
-    """Join a process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world, created)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    d = _dist()
-    if d is None or world == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    d.all_reduce(flat)
-    flat /= world
-    off = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[off:off + n].view_as(p).clone()
-        off += n
-
-
-def _allreduce_mean(x: torch.Tensor, world: int) -> torch.Tensor:
-    d = _dist()
-    if d is None or world == 1:
-        return x
-    x = x.clone()
-    d.all_reduce(x)
-    return x / world
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,20 +370,18 @@ class GANTrainer:
     def __init__(self, cfg: GANConfig, images: torch.Tensor | None = None, rank: int | None = None,
                  world: int | None = None, resume: bool = True):
         self.cfg = cfg
-        if cfg.device == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            dev = cfg.device
+        dev = resolve_device(cfg.device)
         self.created_group = False
         if rank is None or world is None:
-            rank, world, self.created_group = _init_distributed(dev)
+            info = D.setup(dev)
+            rank, world, self.created_group = info.rank, info.world, info.owns_group
         self.rank, self.world = rank, world
-        if dev == "cuda":
+        if dev.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", rank)) % max(1, torch.cuda.device_count())
-            self.device = torch.device("cuda", local)
+            self.device = resolve_device(cfg.device, local)
             torch.cuda.set_device(self.device)
         else:
-            self.device = torch.device("cpu")
+            self.device = dev
         self.out_dir = Path(cfg.out_dir)
         if rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -514,7 +469,7 @@ class GANTrainer:
         d_loss = F.softplus(fake_pred).mean() + F.softplus(-real_pred).mean()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
-        _allreduce_grads(self.d_params, self.world)
+        D.allreduce_grads(self.d_params, self.world)
         self.opt_d.step()
         logs["loss_d"] = d_loss.item()
         logs["d_real"] = real_pred.mean().item()
@@ -528,7 +483,7 @@ class GANTrainer:
             r1 = grad.pow(2).flatten(1).sum(1).mean()
             self.opt_d.zero_grad(set_to_none=True)
             (cfg.r1_gamma / 2 * r1 * cfg.r1_every + 0 * pred[0, 0]).backward()
-            _allreduce_grads(self.d_params, self.world)
+            D.allreduce_grads(self.d_params, self.world)
             self.opt_d.step()
             logs["r1"] = r1.item()
 
@@ -539,7 +494,7 @@ class GANTrainer:
         g_loss = F.softplus(-self.d(fake)).mean()
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
-        _allreduce_grads(self.g_params, self.world)
+        D.allreduce_grads(self.g_params, self.world)
         self.opt_g.step()
         logs["loss_g"] = g_loss.item()
 
@@ -550,13 +505,13 @@ class GANTrainer:
             noise = torch.randn_like(fake) / math.sqrt(fake.shape[2] * fake.shape[3])
             (grad,) = torch.autograd.grad((fake * noise).sum(), w_plus, create_graph=True)
             lengths = grad.pow(2).sum(2).mean(1).sqrt()
-            mean_len = _allreduce_mean(lengths.mean().detach(), self.world)
+            mean_len = D.allreduce_mean(lengths.mean().detach(), self.world)
             pl_mean = self.pl_mean + cfg.pl_decay * (mean_len - self.pl_mean)
             self.pl_mean = pl_mean.detach()
             pl_pen = (lengths - self.pl_mean).pow(2).mean()
             self.opt_g.zero_grad(set_to_none=True)
             (cfg.pl_weight * cfg.pl_every * pl_pen + 0 * fake[0, 0, 0, 0]).backward()
-            _allreduce_grads(self.g_params, self.world)
+            D.allreduce_grads(self.g_params, self.world)
             self.opt_g.step()
             logs["pl"] = pl_pen.item()
             logs["pl_mean"] = self.pl_mean.item()
@@ -581,13 +536,7 @@ class GANTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _gather_rng(self) -> list[dict]:
-        d = _dist()
-        st = CK.rng_state()
-        if d is None or self.world == 1:
-            return [st]
-        out: list = [None] * self.world
-        d.all_gather_object(out, st)
-        return out
+        return D.gather_object(CK.rng_state(), self.world)
 
     def checkpoint(self, rng: list[dict] | None = None) -> dict:
         return {
@@ -703,11 +652,7 @@ class GANTrainer:
                     due = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or \
                           (cfg.ckpt_every_minutes > 0 and time.time() - last_ckpt >= cfg.ckpt_every_minutes * 60)
                     flags = torch.tensor([float(over), float(bool(due))])
-                d = _dist()
-                if d is not None and self.world > 1:
-                    flags = flags.to(self.device)
-                    d.broadcast(flags, 0)
-                    flags = flags.cpu()
+                flags = D.broadcast_tensor(flags, self.world, self.device)
                 if flags[0] > 0:
                     stopped = "signal" if term["hit"] else "max_minutes"
                     break
@@ -758,34 +703,13 @@ def train(cfg: GANConfig, resume: bool = True, images: torch.Tensor | None = Non
     try:
         return trainer.fit()
     finally:
-        if trainer.created_group:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+        D.cleanup(D.DistInfo(trainer.rank, trainer.world, owns_group=trainer.created_group))
 
 
 # ---------------------------------------------------------------------------------------------
-# FID on arbitrary features (fid_domain uses the synth attribute network's features)
+# FID on arbitrary features (e4e.stats.fid_from_features; fid_domain uses the synth attribute network's
+# features)
 # ---------------------------------------------------------------------------------------------
-def feature_stats(feats: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    f = np.asarray(feats, dtype=np.float64)
-    return f.mean(0), np.cov(f, rowvar=False)
-
-
-def fid_from_features(a, b) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, D]."""
-    from scipy import linalg
-
-    mu1, s1 = feature_stats(a)
-    mu2, s2 = feature_stats(b)
-    covmean = np.asarray(linalg.sqrtm(s1.dot(s2)))
-    if not np.isfinite(covmean).all():
-        off = np.eye(s1.shape[0]) * 1e-6
-        covmean = np.asarray(linalg.sqrtm((s1 + off).dot(s2 + off)))
-    covmean = covmean.real
-    diff = mu1 - mu2
-    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-
-
 @torch.no_grad()
 def _features(net, images_u8_or_float: torch.Tensor, batch: int = 256) -> torch.Tensor:
     out = []
