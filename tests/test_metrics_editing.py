@@ -202,9 +202,10 @@ def test_editing_metrics_batch_size_invariant(name, tmp_path):
     opts = {"edit_fid_n_ref": 32, "fid_cache_dir": tmp_path, "latent_n_ref": 500}
     r2 = get_metric(name)(_setup(noise=0.3, bs=2, options=opts))
     r5 = get_metric(name)(_setup(noise=0.3, bs=5, options=opts))
-    assert r2.values == pytest.approx(r5.values, rel=1e-5, abs=1e-7)
+    # float32 convolutions give batch-size-dependent rounding of ~1e-7 (seen on one CPU, not another)
+    assert r2.values == pytest.approx(r5.values, rel=1e-5, abs=1e-6)
     for key, vals in (r2.per_image or {}).items():
-        np.testing.assert_allclose(vals, r5.per_image[key], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(vals, r5.per_image[key], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
