@@ -254,22 +254,27 @@ def parse_value(text: str):
         return text
     if isinstance(v, str) and _FLOAT_RE.match(v.strip()):
         return float(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and ":" in text:
+        return text.strip()  # YAML 1.1 base-60 numbers ("4:16" -> 256): keep the text ("res:ch", "cuda:0")
     return v
+
+
+def split_override(item: str) -> tuple[str, Any]:
+    """One ``key=value`` item (leading dashes dropped) -> (key, value by ``parse_value``; an empty
+    value is the empty string)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (key.sub=value)")
+    k, v = item.split("=", 1)
+    k = k.strip().lstrip("-")
+    if not k:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return k, parse_value(v) if v.strip() else ""
 
 
 def parse_dotlist(items) -> dict[str, Any]:
     """``["a.b=1", "c=true"]`` -> ``{"a.b": 1, "c": True}``: the one ``key=value`` grammar of every CLI
-    and grid file (values by ``parse_value``; an empty value is the empty string)."""
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"override {it!r} is not key=value")
-        k, v = it.split("=", 1)
-        out[k.strip().lstrip("-")] = parse_value(v) if v.strip() else ""
-    return out
-
-
-_parse_scalar_text = parse_value
+    and grid file (``split_override`` per item)."""
+    return dict(split_override(it) for it in items)
 
 
 def _coerce(value, tp, key: str):
@@ -278,7 +283,7 @@ def _coerce(value, tp, key: str):
         if tp in _SCALARS:
             return _SCALARS[tp](value)
         if tp is Any:
-            return _parse_scalar_text(value) if isinstance(value, str) else value
+            return parse_value(value) if isinstance(value, str) else value
         if origin in (typing.Union, types.UnionType):
             args = typing.get_args(tp)
             if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
@@ -295,13 +300,13 @@ def _coerce(value, tp, key: str):
         if origin is list:
             (item,) = typing.get_args(tp) or (Any,)
             if isinstance(value, str):
-                value = _parse_scalar_text(value)
+                value = parse_value(value)
             if not isinstance(value, (list, tuple)):
                 raise TypeError("expected a list")
             return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         if origin is dict:
             if isinstance(value, str):
-                value = _parse_scalar_text(value)
+                value = parse_value(value)
             if value is None:
                 return {}
             if not isinstance(value, dict):
@@ -360,20 +365,14 @@ ALIASES = {"method": "model.method", "domain": "data.domain", "generator": "mode
 def _dotlist_to_nested(dotlist: list[str]) -> list[dict]:
     out = []
     for item in dotlist:
-        item = item[2:] if item.startswith("--") else item
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        key, text = item.split("=", 1)
-        key = ALIASES.get(key.strip(), key.strip())
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
+        key, value = split_override(item)
         node: dict = {}
         root = node
-        parts = key.split(".")
+        parts = ALIASES.get(key, key).split(".")
         for p in parts[:-1]:
             node[p] = {}
             node = node[p]
-        node[parts[-1]] = _parse_scalar_text(text) if text.strip() else ""
+        node[parts[-1]] = value
         out.append(root)
     return out
 

@@ -160,5 +160,8 @@ def test_one_override_grammar_reads_exponent_floats_and_yaml():
     assert parse_value("1.5e-3") == 1.5e-3 and parse_value("7") == 7 and parse_value("true") is True
     assert parse_value("[1, 2]") == [1, 2] and parse_value("e4e") == "e4e" and parse_value("1e") == "1e"
     assert parse_dotlist(["optim.lr=1e-4", "--seed=3", "name="]) == {"optim.lr": 1e-4, "seed": 3, "name": ""}
+    assert parse_value("4:16") == "4:16" and parse_value("cuda:0") == "cuda:0"  # no YAML 1.1 base-60 ints
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_dotlist(["=3"])
     with pytest.raises(ConfigError, match="not key=value"):
         parse_dotlist(["lr"])

@@ -445,18 +445,14 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, grid: str | os.PathL
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-def _parse_overrides(items: list[str]) -> dict:
+def _run_train(args) -> None:
     from e4e.config import parse_dotlist
 
-    return parse_dotlist(items)
-
-
-def _run_train(args) -> None:
     from .attrnet import load_attrnet
 
     d = asdict(DistillConfig())
     try:
-        d.update(out_dir=args.out, steps=args.steps, max_minutes=args.max_minutes, **_parse_overrides(args.overrides))
+        d.update(out_dir=args.out, steps=args.steps, max_minutes=args.max_minutes, **parse_dotlist(args.overrides))
         cfg = DistillConfig.from_dict(d)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -144,22 +144,10 @@ class GANConfig:
             if k not in names:
                 raise ValueError(f"unknown GANConfig key {k!r}")
             if hints[k] is dict:
-                if isinstance(v, int) and not isinstance(v, bool):
-                    # YAML 1.1 reads one "res:ch" entry as a base-60 int ("4:16" -> 256): use the text
-                    v = _raw_value(items, k)
                 d[k] = parse_channels(v)
             else:
                 d[k] = C.coerce_value(v, hints[k], k)
         return GANConfig.from_dict(d)
-
-
-def _raw_value(items: list[str], key: str) -> str:
-    """The text of the last ``key=value`` item for ``key`` (as ``parse_dotlist`` reads keys)."""
-    for item in reversed(items):
-        k, _, v = item.partition("=")
-        if k.strip().lstrip("-") == key:
-            return v.strip()
-    raise KeyError(key)
 
 
 def parse_channels(spec) -> dict[int, int]:
