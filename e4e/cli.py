@@ -27,3 +27,36 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
     if local_rank is not None and dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (a config typo, a missing or wrong file, a held lock, a run
+    that went non-finite), not a bug: every CLI reports them as one ``error:`` line and exit 2."""
+    from e4e.checkpoints import CheckpointError
+    from e4e.config import ConfigError
+    from e4e.fileio import LockedError
+    from e4e.train import NonFiniteError
+    from e4e.weights import WeightsMissingError
+
+    return (ConfigError, WeightsMissingError, CheckpointError, LockedError, NonFiniteError, FileNotFoundError,
+            NotADirectoryError, PermissionError)
+
+
+def guarded(*extra: type[BaseException]):
+    """Decorator for a CLI ``main(argv) -> int``: the user-error types (plus ``extra``) become
+    ``error: <message>`` on stderr and exit code 2, without a traceback."""
+    import functools
+    import sys
+
+    def wrap(main):
+        @functools.wraps(main)
+        def run(argv=None):
+            try:
+                return main(argv)
+            except Exception as e:  # noqa: BLE001  (re-raised unless it is a user error)
+                if not isinstance(e, user_error_types() + extra):
+                    raise
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        return run
+    return wrap

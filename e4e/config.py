@@ -52,6 +52,8 @@ class DataConfig:
     image_size: int = 0          # encoder input size (0 = the domain's enc_input)
     hflip: bool = True           # random horizontal flip of training images (official transforms)
     num_workers: int = 0
+    scan: bool = True            # decode every image once at start-up: unreadable files stop the run before any step
+    strict_size: bool = False    # images of another aspect ratio or smaller than the input: error instead of a warning
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["DomainSpec", "DOMAINS", "get_domain", "IMAGE_EXTENSIONS", "list_images", "load_image",
-           "scan_images", "resize_image", "domain_transform", "ImageFolderDataset"]
+           "scan_images", "check_image_folder", "resize_image", "domain_transform", "ImageFolderDataset"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -136,6 +136,75 @@ def scan_images(folder: str | os.PathLike, on_error: str = "skip") -> tuple[list
         else:
             good.append(p)
     return good, bad
+
+
+def check_image_folder(folder: str | os.PathLike, input_hw: tuple[int, int], strict_size: bool = False,
+                       show: int = 3) -> list[Path]:
+    """The start-up scan of a training / validation folder (before any step): every file is decoded
+    once. Unreadable files raise ``ValueError`` with their count and the first ``show`` paths. Images
+    whose aspect ratio differs from ``input_hw`` (they would be distorted by the resize) or that are
+    smaller than it (they would be upsampled) give one warning with their count, or a ``ValueError``
+    under ``strict_size``. Returns the paths (all readable)."""
+    import hashlib
+    import json
+
+    from e4e.fileio import atomic_write, cache_root
+
+    h0, w0 = input_hw
+    listing = list_images(folder)
+    stats = [(p.name, st.st_size, st.st_mtime_ns) for p in listing for st in [p.stat()]]
+    key = hashlib.sha256(json.dumps([str(Path(folder).resolve()), stats]).encode()).hexdigest()[:24]
+    memo = cache_root() / "image_scans" / f"{key}.json"  # a folder scanned clean before, unchanged since
+    sizes: dict[str, list[int]] | None = None
+    try:
+        sizes = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        pass
+    if isinstance(sizes, dict) and len(sizes) == len(listing):
+        odd = [(p, tuple(sizes[p.name])) for p in listing
+               if p.name in sizes and _odd_size(tuple(sizes[p.name]), input_hw)]
+        _report_sizes(odd, len(listing), folder, input_hw, strict_size, show)
+        return listing
+    paths, bad, sizes = [], [], {}
+    odd: list[tuple[Path, tuple[int, int]]] = []
+    for p in listing:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                arr = _decode(p)
+        except ValueError as e:
+            bad.append((p, str(e)))
+            continue
+        paths.append(p)
+        sizes[p.name] = list(arr.shape[:2])
+        if _odd_size(arr.shape[:2], input_hw):
+            odd.append((p, tuple(arr.shape[:2])))
+    if bad:
+        first = "; ".join(f"{p.name} ({reason.split(': ', 1)[-1]})" for p, reason in bad[:show])
+        raise ValueError(f"{len(bad)} of {len(bad) + len(paths)} images in {folder} cannot be read, e.g. {first}")
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(memo, lambda f: f.write(json.dumps(sizes)), mode="w")
+    except OSError:  # a read-only cache only costs the next scan
+        pass
+    _report_sizes(odd, len(paths), folder, input_hw, strict_size, show)
+    return paths
+
+
+def _odd_size(hw, input_hw) -> bool:
+    (h, w), (h0, w0) = hw, input_hw
+    return h * w0 != w * h0 or h < h0 or w < w0
+
+
+def _report_sizes(odd, n, folder, input_hw, strict_size: bool, show: int) -> None:
+    h0, w0 = input_hw
+    if odd:
+        first = ", ".join(f"{p.name} {h}x{w}" for p, (h, w) in odd[:show])
+        msg = (f"{len(odd)} of {n} images in {folder} are not {h0}x{w0}-shaped (another aspect ratio, "
+               f"or smaller) and will be resized with distortion or upsampling, e.g. {first}")
+        if strict_size:
+            raise ValueError(msg + " (data.strict_size=true)")
+        warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def domain_transform(domain: str | DomainSpec, target: str = "encoder") -> Callable[[torch.Tensor], torch.Tensor]:

@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def cache_root() -> Path:
+    """The project's on-disk cache: ``$E4E_CACHE``, else ``~/.cache/e4e-lab`` (metric references,
+    image-folder scans). Everything in it is keyed by content and can be deleted at any time."""
+    return Path(os.environ.get("E4E_CACHE") or Path.home() / ".cache" / "e4e-lab")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """``write(file_object)`` into a unique temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)

@@ -4,8 +4,10 @@
   in ``mlruns/artifacts/<experiment>``).
 - ``flatten_params``: nested dicts -> dotted keys, values stringified (MLflow param limits respected).
 - ``MetricBuffer``: metrics collected in memory and written with ``log_batch`` (sqlite is slow one
-  point at a time). The trainer flushes it together with each checkpoint, so a run killed between
-  checkpoints replays exactly the unflushed steps on resume: every metric step lands exactly once.
+  point at a time). Both trainers save the buffered rows inside each checkpoint and flush them right
+  after it is written; on resume ``flush_pending`` writes those of the checkpoint's rows MLflow does not
+  hold yet. A run killed between checkpoints replays exactly the unflushed steps, and one killed between
+  the checkpoint write and the flush loses none: every metric step lands exactly once.
 - ``system_tags()``: git sha, torch version, python, host device.
 Nothing here touches MLflow at import time.
 """
@@ -144,6 +146,27 @@ class MetricBuffer:
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
         self.rows.clear()
         return n
+
+    def discard(self) -> None:
+        """Drop the unflushed rows (a run stopped by an error: they are replayed after resume)."""
+        self.rows.clear()
+
+
+def flush_pending(client, run_id: str, rows: list) -> int:
+    """Write the checkpoint-saved metric rows ``(key, value, step, ts)`` that the run does not hold yet
+    (the process died between writing the checkpoint and flushing); returns how many were written."""
+    from mlflow.entities import Metric
+
+    by_key: dict[str, list] = {}
+    for k, v, s, ts in rows:
+        by_key.setdefault(k, []).append((k, v, s, ts))
+    todo = []
+    for k, items in by_key.items():
+        have = {m.step for m in client.get_metric_history(run_id, k)}
+        todo += [Metric(k, float(v), int(ts), int(s)) for k, v, s, ts in items if s not in have]
+    for i in range(0, len(todo), 1000):
+        client.log_batch(run_id, metrics=todo[i:i + 1000])
+    return len(todo)
 
 
 def git_sha(cwd: str | Path | None = None) -> str:

@@ -192,9 +192,18 @@ def _build_datasets(cfg: C.TrainConfig, input_size):
         raise C.ConfigError(f"training images not found: {train_dir} (set data.train_dir"
                             + (", or run `python -m experiments.synth build --out data/synth`)"
                                if cfg.data.domain == "synth" else ")"))
-    full = ImageFolderDataset(train_dir, size=input_size)
     val_dir = Path(cfg.data.val_dir) if cfg.data.val_dir else (d_val if not cfg.data.train_dir and d_val.is_dir()
                                                               else None)
+    if cfg.data.scan:
+        from e4e.data import check_image_folder
+
+        hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        for folder in [train_dir] + ([val_dir] if val_dir is not None else []):
+            try:
+                check_image_folder(folder, hw, cfg.data.strict_size)
+            except ValueError as e:
+                raise C.ConfigError(str(e)) from None
+    full = ImageFolderDataset(train_dir, size=input_size)
     if val_dir is not None:
         return full, ImageFolderDataset(val_dir, size=input_size)
     n = len(full)
@@ -498,6 +507,11 @@ def _load_generator(cfg, generator):
         if not Path(path).is_absolute() and not Path(path).exists() and packaged.is_file():
             path = packaged
         generator = load_generator(path)
+        spec = domain_info(cfg.data.domain)
+        if (generator.size, generator.n_latent) != (spec.gen_size, spec.n_latent):
+            raise C.ConfigError(f"{path}: a {generator.size} px generator with {generator.n_latent} W+ rows, but "
+                                f"domain {cfg.data.domain!r} is {spec.gen_size} px with {spec.n_latent} rows "
+                                f"(set data.domain or model.generator)")
     return generator
 
 
@@ -682,7 +696,7 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
         if state.step == 0 and not last_path.is_file():
             client.log_artifact(run_id, str(out_dir / "config.yaml"))
         if pending:  # rows saved with the checkpoint but possibly not flushed before the kill
-            _flush_pending(client, run_id, pending)
+            T.flush_pending(client, run_id, pending)
     run_id = D.broadcast_object(run_id, info.world)
 
     buffer = T.MetricBuffer()
@@ -819,21 +833,6 @@ def _with_checksum(summary: dict, params) -> dict:
     """Adds this process's checksum of the trainable weights (DDP ranks must agree)."""
     with torch.no_grad():
         return {**summary, "param_checksum": float(sum(p.double().sum() for p in params))}
-
-
-def _flush_pending(client, run_id: str, rows: list) -> None:
-    """Write checkpoint-saved metric rows that MLflow does not hold yet (crash between save and flush)."""
-    from mlflow.entities import Metric
-
-    by_key: dict[str, list] = {}
-    for k, v, s, ts in rows:
-        by_key.setdefault(k, []).append((k, v, s, ts))
-    todo = []
-    for k, items in by_key.items():
-        have = {m.step for m in client.get_metric_history(run_id, k)}
-        todo += [Metric(k, v, ts, s) for k, v, s, ts in items if s not in have]
-    for i in range(0, len(todo), 1000):
-        client.log_batch(run_id, metrics=todo[i:i + 1000])
 
 
 def _load_edits(cfg, generator) -> list[tuple[str, float, torch.Tensor]]:

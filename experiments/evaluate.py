@@ -26,6 +26,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from e4e.cli import guarded
+from e4e.config import parse_dotlist
+
 DEFAULT_PREFIX = "test/"
 
 
@@ -144,23 +147,6 @@ def format_table(values: dict, unavailable: dict) -> str:
 # =============================================================================================
 # CLI
 # =============================================================================================
-def _kv(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise SystemExit(f"{what} must be key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def _parse_value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,6 +185,7 @@ def _checkpoint_of_run(client, run_id: str) -> str:
     raise SystemExit(f"run {run_id} has no 'checkpoint' tag; pass --checkpoint")
 
 
+@guarded(ValueError, LookupError)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--list" in argv:
@@ -208,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<40} {doc}")
         return 0
     args = build_parser().parse_args(argv)
+    direction_files = parse_dotlist(args.direction)  # bad key=value items stop here, before any loading
+    options = parse_dotlist(args.option)
     import torch
 
     from e4e import editing, tracking
@@ -221,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     inverter = load_inverter(ckpt, device=args.device).eval()
     size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
     images = load_images(args.data, args.domain, args.n_images, size=size)
-    directions = {k: editing.load_direction(v) for k, v in _kv(args.direction, "--direction").items()}
-    options = {k: _parse_value(v) for k, v in _kv(args.option, "--option").items()}
+    directions = {k: editing.load_direction(str(v)) for k, v in direction_files.items()}
     names = [n for n in args.metrics.split(",") if n.strip()]
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
-from e4e.cli import HelpFormatter
+from e4e.cli import HelpFormatter, guarded
 from e4e.methods import METHODS, OPTIM_METHODS, TRAINED_METHODS
 
 __all__ = ["GridSpec", "Member", "MemberTask", "MemberResult", "load_grid", "member_name", "plan",
@@ -490,9 +490,9 @@ def _topological(members: list[Member]) -> list[Member]:
 
 
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient
+    from e4e.tracking import get_client
 
-    return MlflowClient(tracking_uri=uri)
+    return get_client(uri)
 
 
 def _latest_run(client, exp_id: str, grid: str, h: str):
@@ -1202,15 +1202,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@guarded(GridError)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from e4e.config import ConfigError
-
-    try:
-        return COMMANDS[args.command](args)
-    except (GridError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,9 @@ def grid_filter() -> str | None:
 
 
 def _client(uri: str | None = None):
-    from mlflow.tracking import MlflowClient
+    from e4e.tracking import get_client
 
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    return get_client(uri or tracking_uri())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import sys
 
 from e4e import config as C
+from e4e.cli import guarded
 
 
 def _key_table() -> str:
@@ -38,27 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@guarded()
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = C.build_config(args.config, args.overrides)
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = C.build_config(args.config, args.overrides)
     if args.print_config:
         print(C.to_yaml(cfg), end="")
         print(f"# config_hash: {C.config_hash(cfg)}")
         return 0
-    from e4e.checkpoints import CheckpointError
-    from e4e.fileio import LockedError
-    from e4e.train import NonFiniteError, train
-    from e4e.weights import WeightsMissingError
+    from e4e.train import train
 
-    try:
-        summary = train(cfg)
-    except (WeightsMissingError, C.ConfigError, NonFiniteError, CheckpointError, FileNotFoundError, LockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = train(cfg)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

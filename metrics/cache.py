@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -21,12 +20,12 @@ from typing import Callable
 import torch
 
 from e4e.fileio import atomic_torch_save
+from e4e.fileio import cache_root as default_cache_root
 from metrics.registry import EvalContext
 
 
 def cache_root(ctx: EvalContext) -> Path:
-    default = Path(os.environ.get("E4E_CACHE", Path.home() / ".cache" / "e4e-lab"))
-    return Path(ctx.option("cache_dir", None) or default)
+    return Path(ctx.option("cache_dir", None) or default_cache_root())
 
 
 def module_digest(module: torch.nn.Module) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -93,8 +92,9 @@ def _inception_fn(model):
 
 
 def fid_cache_dir(ctx: EvalContext) -> Path:
-    default = Path(os.environ.get("E4E_CACHE", Path.home() / ".cache" / "e4e-lab")) / "fid_stats"
-    return Path(ctx.option("fid_cache_dir", default))
+    from e4e.fileio import cache_root
+
+    return Path(ctx.option("fid_cache_dir", cache_root() / "fid_stats"))
 
 
 def _reference_key(ctx: EvalContext, weights_sha: str) -> str:

@@ -40,6 +40,25 @@ def _train_argv(tmp: Path, out_dir: str) -> list[str]:
             f"data.val_dir={imgs}", "loss.lpips_lambda=0", "batch_size=2"]
 
 
+def _image_dir(tmp: Path, name: str, sizes, extra: dict[str, bytes] | None = None) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    d = tmp / name
+    d.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
+    for fname, data in (extra or {}).items():
+        (d / fname).write_bytes(data)
+    return d
+
+
+def _train_on(tmp: Path, images: Path, *extra: str) -> list[str]:
+    argv = _train_argv(tmp, str(tmp / "run"))
+    return [a for a in argv if not a.startswith(("data.train_dir=", "data.val_dir="))] + [
+        f"data.train_dir={images}", f"data.val_dir={images}", *extra]
+
+
 def _files(tmp: Path) -> dict[str, Path]:
     files = {"tab.yaml": "model:\n  method: e4e\n\tbad: 1\n", "indent.yaml": "model:\n  method: e4e\n bad: 1\n",
              "dup.yaml": "max_steps: 3\nmax_steps: 4\n", "list.yaml": "- 1\n- 2\n",
@@ -60,6 +79,18 @@ def _files(tmp: Path) -> dict[str, Path]:
     out["pickle_ckpt"] = _run_dir(tmp, "pickle_ckpt", pickle.dumps({"step": _Payload()})) / "last.pt"
     (tmp / "a_file").write_text("x")
     out["a_file"] = tmp / "a_file"
+    png = (tmp / "text_ckpt" / "last.pt").read_bytes()  # any non-image bytes
+    _train_argv(tmp, "unused")  # the good 64x64 folder tmp/imgs
+    good_png = (tmp / "imgs" / "1.png").read_bytes()
+    out["bad_imgs"] = _image_dir(tmp, "bad_imgs", [(64, 64)] * 3,
+                                 {"truncated.png": good_png[:60], "empty.png": b"", "text.png": png})
+    out["odd_imgs"] = _image_dir(tmp, "odd_imgs", [(64, 64), (37, 100), (1, 1)])
+    from e4e.checkpoints import save_generator
+    from e4e.models.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    save_generator(Generator(32, 16, 2, channels={4: 8, 8: 8, 16: 8, 32: 8}), tmp / "g32.pt")
+    out["g32"] = tmp / "g32.pt"
     return out
 
 
@@ -84,6 +115,15 @@ CASES = [  # (id, argv builder, expected text in the error line)
     ("last.pt-text", lambda f: _train_argv(f["a_file"].parent, f["text_ckpt"].parent), "text_ckpt/last.pt"),
     ("last.pt-truncated", lambda f: _train_argv(f["a_file"].parent, f["truncated_ckpt"].parent), "truncated"),
     ("last.pt-pickles-code", lambda f: _train_argv(f["a_file"].parent, f["pickle_ckpt"].parent), "nothing in it was executed"),
+    ("unreadable-images", lambda f: _train_on(f["a_file"].parent, f["bad_imgs"]), "3 of 6 images"),
+    ("image-size-strict", lambda f: _train_on(f["a_file"].parent, f["odd_imgs"], "data.strict_size=true"),
+     "2 of 3 images"),
+    ("evaluate-missing-checkpoint", lambda f: ["experiments.evaluate", "--checkpoint", "/nonexistent.pt", "--data",
+                                               f["bad_imgs"], "--no-mlflow"], "nonexistent.pt"),
+    ("evaluate-bad-option", lambda f: ["experiments.evaluate", "--checkpoint", f["text_ckpt"], "--data",
+                                       f["bad_imgs"], "--no-mlflow", "--option", "n_ref"], "key=value"),
+    ("generator-domain-mismatch", lambda f: _train_on(f["a_file"].parent, f["a_file"].parent / "imgs",
+                                                     f"model.generator={f['g32']}"), "32 px generator with 8 W+ rows"),
     ("out_dir-unwritable", lambda f: _train_argv(f["a_file"].parent, f["a_file"] / "run"), "not writable"),
 ]
 

@@ -92,3 +92,33 @@ def test_domain_table():
         get_domain("cats")
     with pytest.raises(ValueError):
         DomainSpec("bad", 64, 12, (64, 64), "domain")
+
+
+def test_start_up_scan_finds_bad_files_odd_sizes_and_rescans_changed_folders(tmp_path):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from e4e.data import check_image_folder
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((64, 64, 3), 50 * i, np.uint8)).save(d / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [p.name for p in check_image_folder(d, (64, 64))] == ["0.png", "1.png", "2.png"]
+        assert len(check_image_folder(d, (64, 64))) == 3          # the memo of the clean scan
+    Image.fromarray(np.zeros((37, 100, 3), np.uint8)).save(d / "3.png")   # another aspect ratio
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "4.png")    # smaller than the input
+    for _ in range(2):                                             # decoded, then from the memo
+        with pytest.warns(UserWarning, match=r"2 of 5 images .* 3\.png 37x100, 4\.png 32x32"):
+            check_image_folder(d, (64, 64))
+    with pytest.raises(ValueError, match="strict_size"):
+        check_image_folder(d, (64, 64), strict_size=True)
+    good = (d / "0.png").read_bytes()
+    (d / "0.png").write_bytes(good[:50])                           # the folder changed: scanned again
+    (d / "5.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"2 of 6 images .* cannot be read, e\.g\. 0\.png"):
+        check_image_folder(d, (64, 64))

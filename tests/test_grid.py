@@ -138,7 +138,8 @@ def _tiny_assets(root: Path) -> dict[str, str]:
     from e4e.models.stylegan2 import Generator
 
     torch.manual_seed(0)
-    g = Generator(32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8}).eval()
+    # the synth domain's geometry (64 px, 10 W+ rows: the trainer refuses another), tiny widths
+    g = Generator(64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8, 64: 4}).eval()
     gen_path = root / "tiny_generator.pt"
     save_generator(g, gen_path, latent_avg=g.mean_latent(1000, seed=0)[0])
     with torch.no_grad():

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from e4e.progress import Progress, track
+from e4e.tracking import git_sha
 
 from .render import ATTRIBUTES
 
@@ -212,16 +213,6 @@ def train_attrnet(data_root: str | os.PathLike, out: str | os.PathLike | None, s
                         attributes=list(ATTRIBUTES)), out)
         prov = dict(command=command, data=str(data_root), seed=seed, steps=steps, batch=batch, lr=lr,
                     device=str(device), threads=torch.get_num_threads(), n_train=len(x_tr), n_val=len(x_va),
-                    n_test=len(x_te), git_sha=_git_sha(), torch=torch.__version__, **result)
+                    n_test=len(x_te), git_sha=git_sha(), torch=torch.__version__, **result)
         out.with_suffix(".json").write_text(json.dumps(prov, indent=2) + "\n")
     return result
-
-
-def _git_sha() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None

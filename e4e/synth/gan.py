@@ -37,7 +37,6 @@ import math
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 from e4e import checkpoints as CK
 from e4e import config as C
 from e4e import dist as D
+from e4e import tracking as T
 from e4e.cli import resolve_device
 from e4e.models.stylegan2 import Discriminator, Generator
 from e4e.stats import feature_stats, fid_from_features  # noqa: F401  (public names of this module)
@@ -263,63 +263,41 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 # ---------------------------------------------------------------------------------------------
 # Tracking (MLflow client; no global mlflow state)
 # ---------------------------------------------------------------------------------------------
-def _git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:
-        return None
+# ---------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------
+class _RunLog:
+    """The GAN trainer's MLflow run (rank 0): opens or resumes it, re-sends the rows of the resumed
+    checkpoint that MLflow may lack, flushes the trainer's ``MetricBuffer`` after each checkpoint. A
+    tracking hiccup (e.g. a sqlite file locked by another process) never stops training: the rows
+    stay buffered and the next flush retries."""
 
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
-
-
-class _Tracker:
-    def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None, params: dict, tags: dict):
-        from mlflow.tracking import MlflowClient
-
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            loc = None
-            if uri.startswith("sqlite:///"):
-                loc = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts" / experiment).as_uri()
-            try:
-                exp_id = self.client.create_experiment(experiment, artifact_location=loc)
-            except Exception:  # created concurrently
-                exp_id = self.client.get_experiment_by_name(experiment).experiment_id
-        else:
-            exp_id = exp.experiment_id
+    def __init__(self, trainer: "GANTrainer", uri: str):
+        cfg = trainer.cfg
+        self.client = T.get_client(uri)
+        self.buffer = trainer.metrics
+        run_id = trainer.run_id
         if run_id is not None:
             try:
-                self.client.get_run(run_id)
                 self.client.update_run(run_id, status="RUNNING")
-            except Exception:
+            except Exception:  # noqa: BLE001  (the run was deleted, or the store is a new one)
                 run_id = None
         if run_id is None:
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
-            run_id = run.info.run_id
-            from mlflow.entities import Param
-            items = [Param(k, str(v)[:500]) for k, v in params.items()]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[i:i + 100])
-        self.run_id = run_id
-        self._buf: list = []
-
-    def metric(self, key: str, value: float, step: int) -> None:
-        from mlflow.entities import Metric
-        self._buf.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+            exp_id = T.get_or_create_experiment(self.client, cfg.experiment)
+            run_id = self.client.create_run(exp_id, run_name=cfg.run_name).info.run_id
+            T.log_params(self.client, run_id, {**cfg.to_dict(), "world_size": trainer.world,
+                                               "device": str(trainer.device)})
+            T.set_tags(self.client, run_id, {**T.system_tags(trainer.device), "method": "stylegan2-gan",
+                                             "domain": "synth"})
+        elif trainer.resumed:
+            self.client.set_tag(run_id, "resumed_at_step", str(trainer.step))
+        if trainer.pending_metrics:
+            T.flush_pending(self.client, run_id, trainer.pending_metrics)
+        self.run_id = trainer.run_id = run_id
 
     def flush(self) -> None:
-        # a tracking hiccup (e.g. a locked sqlite file shared with other processes) must not kill a
-        # long training run: keep the points and retry at the next flush
         try:
-            while self._buf:
-                self.client.log_batch(self.run_id, metrics=self._buf[:1000])
-                self._buf = self._buf[1000:]
+            self.buffer.flush(self.client, self.run_id)
         except Exception as e:  # noqa: BLE001
             print(f"[gan] MLflow log_batch failed ({e!r}); will retry", file=sys.stderr)
 
@@ -337,20 +315,6 @@ class _Tracker:
             print(f"[gan] MLflow set_terminated failed ({e!r})", file=sys.stderr)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "channels":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Trainer
-# ---------------------------------------------------------------------------------------------
 class GANTrainer:
     """One GAN training process (rank ``rank`` of ``world``). ``images``: uint8 [N,3,H,W] (loaded from
     ``cfg.data`` when None)."""
@@ -398,6 +362,8 @@ class GANTrainer:
         self.step = 0
         self.train_seconds = 0.0
         self.run_id: str | None = None
+        self.pending_metrics: list = []  # rows saved with the resumed checkpoint (maybe not yet in MLflow)
+        self.metrics = T.MetricBuffer()
 
         if images is None:
             images = load_image_folder(cfg.data, cfg.size)
@@ -534,6 +500,7 @@ class GANTrainer:
             "rng": rng if rng is not None else self._gather_rng(), "world_size": self.world,
             "data_order": self.order.state(self.step, self.cfg.batch, self.world),
             "config": self.cfg.to_dict(), "mlflow_run_id": self.run_id,
+            "pending_metrics": list(self.metrics.rows),
             "train_seconds": self.train_seconds, "images_seen": self.step * self.cfg.batch * self.world,
             "format": "e4e-lab/gan-trainer/1",
         }
@@ -566,6 +533,7 @@ class GANTrainer:
         self.pl_mean = ck["pl_mean"].to(self.device)
         self.train_seconds = float(ck.get("train_seconds", 0.0))
         self.run_id = ck.get("mlflow_run_id")
+        self.pending_metrics = list(ck.get("pending_metrics", []))
         CK.set_rng_state(ck["rng"][self.rank])
 
     # -- samples -------------------------------------------------------------------------------
@@ -580,16 +548,7 @@ class GANTrainer:
         cfg = self.cfg
         tracker = None
         if self.rank == 0 and cfg.tracking_uri != "none":
-            uri = cfg.tracking_uri or default_tracking_uri()
-            params = _flatten(cfg.to_dict())
-            params["world_size"] = self.world
-            params["device"] = str(self.device)
-            tags = {"method": "stylegan2-gan", "domain": "synth", "git_sha": _git_sha() or "unknown",
-                    "mlflow.runName": cfg.run_name}
-            tracker = _Tracker(uri, cfg.experiment, cfg.run_name, self.run_id, params, tags)
-            self.run_id = tracker.run_id
-            if self.resumed:
-                tracker.client.set_tag(self.run_id, "resumed_at_step", str(self.step))
+            tracker = _RunLog(self, cfg.tracking_uri or T.tracking_uri())
         pbar = None
         if self.rank == 0 and cfg.progress:
             from e4e.progress import Progress
@@ -619,11 +578,11 @@ class GANTrainer:
                         cnt[k] = cnt.get(k, 0) + 1
                     if step % cfg.log_every == 0 or step == cfg.steps:
                         for k in acc:
-                            tracker.metric(f"gan/{k}", acc[k] / cnt[k], step)
+                            self.metrics.add(f"gan/{k}", acc[k] / cnt[k], step)
                         acc, cnt = {}, {}
                         now = time.time()
-                        tracker.metric("gan/sec_per_step", (now - t_step) / cfg.log_every, step)
-                        tracker.metric("gan/kimg", step * cfg.batch * self.world / 1000, step)
+                        self.metrics.add("gan/sec_per_step", (now - t_step) / cfg.log_every, step)
+                        self.metrics.add("gan/kimg", step * cfg.batch * self.world / 1000, step)
                         t_step = now
                 if pbar is not None:
                     pbar.update(1)
@@ -647,14 +606,15 @@ class GANTrainer:
                 if flags[1] > 0:
                     self.save()
                     if tracker is not None:
-                        # metrics are flushed with each checkpoint, so a run killed in between replays
-                        # exactly the unflushed steps on resume and every step is logged once
+                        # the checkpoint holds the buffered rows and they are flushed right after it,
+                        # so a kill before the save replays them and one after it re-sends them on
+                        # resume (tracking.flush_pending): every step is logged exactly once
                         tracker.flush()
                     last_ckpt = time.time()
         except BaseException:
             status = "KILLED"
             if tracker is not None:
-                tracker._buf = []  # unflushed steps are replayed after resume from the last checkpoint
+                self.metrics.discard()  # unflushed steps are replayed after resume from the last checkpoint
             raise
         finally:
             if old_handler is not None:
@@ -668,7 +628,7 @@ class GANTrainer:
                     if tracker is not None:
                         tracker.artifact(p, "samples")
             if tracker is not None:
-                tracker.metric("gan/train_minutes", self.train_seconds / 60, self.step)
+                self.metrics.add("gan/train_minutes", self.train_seconds / 60, self.step)
                 tracker.finish(status)
         return {"step": self.step, "stopped": stopped, "train_seconds": self.train_seconds,
                 "images_seen": self.step * cfg.batch * self.world, "run_id": self.run_id,
@@ -761,7 +721,7 @@ def export_generator(ckpt: str | os.PathLike, out: str | os.PathLike, provenance
         "steps": ck["step"], "batch_per_process": cfg.batch, "world_size": ck.get("world_size", 1),
         "images_seen": ck.get("images_seen"), "train_seconds": round(float(ck.get("train_seconds", 0.0)), 1),
         "train_minutes": round(float(ck.get("train_seconds", 0.0)) / 60, 2), "seed": cfg.seed,
-        "mlflow_run_id": ck.get("mlflow_run_id"), "git_sha": _git_sha(), "trainer_config": cfg.to_dict(),
+        "mlflow_run_id": ck.get("mlflow_run_id"), "git_sha": T.git_sha(), "trainer_config": cfg.to_dict(),
         "latent_avg": f"mean of {n_avg} w (z seed 0)",
     }
     if provenance:
