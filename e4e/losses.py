@@ -202,20 +202,31 @@ def delta_reg_loss(w_plus: torch.Tensor, n_active: int | None = None) -> torch.T
     return deltas.norm(p=2, dim=2).mean(0).sum()
 
 
+# The adversarial terms, shared by the latent discriminator of e4e (codes), the synth GAN trainer and
+# the distillation's patch discriminator (images).
+def nonsaturating_loss(fake_pred: torch.Tensor) -> torch.Tensor:
+    """The generator's (encoder's) non-saturating loss on the discriminator's scores of fakes."""
+    return F.softplus(-fake_pred).mean()
+
+
 def encoder_adv_loss(disc: nn.Module, w_rows: torch.Tensor) -> torch.Tensor:
     """Non-saturating loss on codes [B, k, D] (every row scored): mean softplus(-D(w))."""
-    return F.softplus(-disc(w_rows.reshape(-1, w_rows.shape[-1]))).mean()
+    return nonsaturating_loss(disc(w_rows.reshape(-1, w_rows.shape[-1])))
 
 
 def disc_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
+    """The discriminator's logistic loss: softplus(-D(real)) + softplus(D(fake)), each a mean."""
     return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
 
 
-def r1_penalty(disc: nn.Module, real_w: torch.Tensor) -> torch.Tensor:
-    real_w = real_w.detach().requires_grad_(True)
-    pred = disc(real_w)
-    (grad,) = torch.autograd.grad(pred.sum(), real_w, create_graph=True)
-    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+def r1_penalty(disc: nn.Module, real: torch.Tensor, with_pred: bool = False):
+    """R1: mean over the batch of |dD(x)/dx|^2 at real inputs (codes or images). ``with_pred``
+    also returns D(x), so a caller can add ``0 * pred`` and give every parameter a (zero) gradient."""
+    real = real.detach().requires_grad_(True)
+    pred = disc(real)
+    (grad,) = torch.autograd.grad(pred.sum(), real, create_graph=True)
+    r1 = grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+    return (r1, pred) if with_pred else r1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from e4e.losses import disc_loss, nonsaturating_loss, r1_penalty
 from e4e.models.stylegan2 import Generator
 
 from .gan import SYNTH_CHANNELS
@@ -243,15 +244,13 @@ class DistillTrainer:
             out["edge"] = 0.5 * (((xh - th).abs() * w[..., :, 1:]).mean() + ((xv - tv).abs() * w[..., 1:, :]).mean())
             out["total"] = out["total"] + self.cfg.edge_weight * out["edge"]
         if self.d is not None:
-            out["g_adv"] = F.softplus(-self.d(x)).mean()
+            out["g_adv"] = nonsaturating_loss(self.d(x))
             out["total"] = out["total"] + self.cfg.adv_weight * out["g_adv"]
             self._fake, self._real = x.detach(), target
         return out
 
     def d_step(self) -> dict[str, torch.Tensor]:
         """One discriminator update on the batch the generator step just used."""
-        from e4e.losses import disc_loss, r1_penalty
-
         self.d.requires_grad_(True)
         out = {"d": disc_loss(self.d(self._real), self.d(self._fake))}
         loss = out["d"]

@@ -46,11 +46,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from e4e import checkpoints as CK
 from e4e import config as C
 from e4e import dist as D
+from e4e import losses as L
 from e4e import tracking as T
 from e4e.cli import resolve_device
 from e4e.models.stylegan2 import Discriminator, Generator
@@ -420,7 +420,7 @@ class GANTrainer:
             fake, _ = self.generate(cfg.batch)
         fake_pred = self.d(fake)
         real_pred = self.d(real)
-        d_loss = F.softplus(fake_pred).mean() + F.softplus(-real_pred).mean()
+        d_loss = L.disc_loss(real_pred, fake_pred)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         D.allreduce_grads(self.d_params, self.world)
@@ -431,10 +431,7 @@ class GANTrainer:
 
         # ---- D: lazy R1
         if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
-            real_r = real.detach().requires_grad_(True)
-            pred = self.d(real_r)
-            (grad,) = torch.autograd.grad(pred.sum(), real_r, create_graph=True)
-            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            r1, pred = L.r1_penalty(self.d, real, with_pred=True)
             self.opt_d.zero_grad(set_to_none=True)
             (cfg.r1_gamma / 2 * r1 * cfg.r1_every + 0 * pred[0, 0]).backward()
             D.allreduce_grads(self.d_params, self.world)
@@ -445,7 +442,7 @@ class GANTrainer:
         self.g.requires_grad_(True)
         self.d.requires_grad_(False)
         fake, _ = self.generate(cfg.batch)
-        g_loss = F.softplus(-self.d(fake)).mean()
+        g_loss = L.nonsaturating_loss(self.d(fake))
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         D.allreduce_grads(self.g_params, self.world)
