@@ -47,12 +47,14 @@ def key_digest(desc: dict) -> str:
     return hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def cached_on_disk(ctx: EvalContext, kind: str, desc: dict, build: Callable[[], dict]) -> dict:
+def cached_on_disk(ctx: EvalContext, kind: str, desc: dict, build: Callable[[], dict],
+                   folder: Path | None = None) -> dict:
     """``build()`` (a dict of tensors / numbers), stored under ``<root>/<kind>/<digest of desc>.pt``
-    and read back from there by later contexts. ``options['cache_dir'] = ''`` disables the disk."""
+    (or ``<folder>/<digest>.pt``) and read back from there by later contexts.
+    ``options['cache_dir'] = ''`` disables the disk."""
     if ctx.option("cache_dir", None) == "":  # noqa: PLC1901
         return build()
-    path = cache_root(ctx) / kind / f"{key_digest(desc)}.pt"
+    path = (folder if folder is not None else cache_root(ctx) / kind) / f"{key_digest(desc)}.pt"
     if path.is_file():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -29,7 +29,6 @@ inversions compared with the originals, at the evaluation size of the real image
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -97,24 +96,16 @@ def fid_cache_dir(ctx: EvalContext) -> Path:
     return Path(ctx.option("fid_cache_dir", cache_root() / "fid_stats"))
 
 
-def _reference_key(ctx: EvalContext, weights_sha: str) -> str:
+def cached_reference_features(ctx: EvalContext, fn, weights_sha: str) -> np.ndarray:
+    """``fn`` features of the real set (``ctx.batches()``), cached on disk (``metrics.cache``) in
+    ``options['fid_cache_dir']``, keyed by the set (``data_path`` or the images' bytes), its size and
+    the feature network's weights."""
+    from metrics.cache import cached_on_disk
+
     source = ctx.data_path or hashlib.sha1(quantize(ctx.images).to(torch.uint8).numpy().tobytes()).hexdigest()
     desc = {"source": str(source), "hw": list(ctx.image_hw), "n": ctx.n_images, "weights": weights_sha}
-    return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def cached_reference_features(ctx: EvalContext, fn, weights_sha: str) -> np.ndarray:
-    """Inception features of the real set, cached on disk (with their mean / covariance)."""
-    path = fid_cache_dir(ctx) / f"{_reference_key(ctx, weights_sha)}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return z["features"]
-    feats = extract_features(fn, ctx.batches(), device=ctx.device).numpy()
-    from e4e.fileio import atomic_write
-
-    mu, sigma = feature_stats(feats)
-    atomic_write(path, lambda f: np.savez(f, features=feats, mu=mu, sigma=sigma))
-    return feats
+    build = lambda: {"features": extract_features(fn, ctx.batches(), device=ctx.device)}  # noqa: E731
+    return cached_on_disk(ctx, "fid_stats", desc, build, folder=fid_cache_dir(ctx))["features"].numpy()
 
 
 @register_metric("fid_inception", needs=("inversions", "weights:inception_fid"))

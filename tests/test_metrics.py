@@ -523,7 +523,7 @@ def test_fid_inception_local_weights_and_reference_cache(weights_dir, tmp_path):
     x = _images(2, size=32)
     cache = tmp_path / "fidcache"
     v1 = get_metric("fid_inception")(_ctx(inv, x, options={"fid_cache_dir": cache}, data_path="set-a")).values
-    assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list(cache.glob("*.pt"))) == 1
     v2 = get_metric("fid_inception")(_ctx(inv, x, options={"fid_cache_dir": cache}, data_path="set-a")).values
     assert np.isfinite(v1["fid_inception"]) and v1 == v2
 

@@ -136,12 +136,12 @@ def test_edit_fid_off_manifold_codes_edit_less_realistically(tmp_path):
 def test_edit_fid_reference_cached_on_disk_per_generator(tmp_path):
     opts = {"edit_fid_n_ref": 32, "fid_cache_dir": tmp_path}
     first = get_metric("edit_fid_ax1_1")(_setup(options=opts)).values
-    assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert len(list(tmp_path.glob("*.pt"))) == 1
     assert get_metric("edit_fid_ax1_1")(_setup(options=opts)).values == first  # read back from the file
     ctx = _setup(options=opts)
     ctx.inverter.decoder.A.data += 0.01  # another generator: another reference
     get_metric("edit_fid_ax1_1")(ctx)
-    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert len(list(tmp_path.glob("*.pt"))) == 2
 
 
 # ---------------------------------------------------------------------------------------------
