@@ -60,3 +60,17 @@ def guarded(*extra: type[BaseException]):
                 return 2
         return run
     return wrap
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device`` as every CLI spells it (resolve it with ``resolve_device``)."""
+    parser.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible, else cpu) | cpu | cuda[:N]")
+
+
+def add_tracking_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    """``--tracking-uri`` as every CLI that writes runs spells it: default ``$MLFLOW_TRACKING_URI``,
+    else the project's store (``e4e.tracking``)."""
+    from e4e.tracking import tracking_uri
+
+    parser.add_argument("--tracking-uri", default=tracking_uri(),
+                        help="MLflow tracking URI ($MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)" + extra)

@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from e4e.cli import guarded
+from e4e.cli import add_device_flag, add_tracking_flag, guarded
 from e4e.config import parse_dotlist
 
 DEFAULT_PREFIX = "test/"
@@ -161,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize images to PX (or H W) instead of the domain's encoder input size")
     p.add_argument("--n-images", type=int, default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of SWD / reference samples (default: %(default)s)")
     p.add_argument("--direction", action="append", default=[], metavar="NAME=FILE",
                    help="editing direction file for lec_<NAME>_* / edit_<NAME> (repeatable)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="metric option, e.g. edit_strength=3 latent_n_ref=10000 (repeatable)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    add_tracking_flag(p)
     p.add_argument("--experiment", default=None, help="experiment for a new run with --checkpoint (default: the domain)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="metric key prefix (default: %(default)s)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log anything to MLflow")

@@ -63,13 +63,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
-from e4e.cli import HelpFormatter, guarded
+from e4e.cli import HelpFormatter, add_tracking_flag, guarded
 from e4e.methods import METHODS, OPTIM_METHODS, TRAINED_METHODS
+from e4e.tracking import DEFAULT_TRACKING_URI
 
 __all__ = ["GridSpec", "Member", "MemberTask", "MemberResult", "load_grid", "member_name", "plan",
            "run_grid", "grid_status", "run_member", "results_table", "main"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_RUNS_DIR = "runs"
 STAGE_TAG = "grid.stage"
 TEST_PREFIX = "test/"
@@ -1136,8 +1136,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", help="grid file (a base grid plus --domain, or a domain variant)")
     p.add_argument("--domain", default=None, help="domain: the MLflow experiment and the grid variant")
     p.add_argument("--profile", default=None, help="profile in the grid file (demo: CPU minutes; paper: GPU schedules)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
-                   help="MLflow tracking URI")
+    add_tracking_flag(p)
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where member out_dirs (checkpoints) live")
     p.add_argument("--members", default=None, help="comma-separated subset of members (dependencies included)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

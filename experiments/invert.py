@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from e4e.cli import add_device_flag
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.invert", description=__doc__,
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", action="append", default=[], metavar="YAML",
                      help="experiment YAML for the projection settings / domain (optional)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    add_device_flag(p)
     p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--no-recon", action="store_true", help="do not write reconstruction PNGs")
     p.add_argument("overrides", nargs="*", metavar="key=value",

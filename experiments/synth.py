@@ -17,7 +17,7 @@ import importlib
 import json
 import sys
 import time
-from e4e.cli import HelpFormatter, resolve_device
+from e4e.cli import HelpFormatter, add_device_flag, resolve_device
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +63,7 @@ def _add_train_attrnet(sub):
     p.add_argument("--batch", type=int, default=64, help="batch size")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)")
     p.add_argument("--seed", type=int, default=0, help="seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_flag(p)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.set_defaults(func=_run_train_attrnet)
 

@@ -52,7 +52,7 @@ from e4e import config as C
 from e4e import dist as D
 from e4e import losses as L
 from e4e import tracking as T
-from e4e.cli import resolve_device
+from e4e.cli import add_tracking_flag, resolve_device
 from e4e.models.stylegan2 import Discriminator, Generator
 from e4e.stats import feature_stats, fid_from_features  # noqa: F401  (public names of this module)
 
@@ -755,7 +755,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from <out>/last.pt when it exists (default)")
     p.add_argument("--no-resume", dest="resume", action="store_false")
-    p.add_argument("--tracking-uri", default="", help="MLflow URI ('none' disables tracking)")
+    add_tracking_flag(p, "; 'none' disables tracking")
     p.add_argument("overrides", nargs="*", help="any GANConfig key as key=value")
 
 
