@@ -116,6 +116,26 @@ def resize_image(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return y if batched else y[0]
 
 
+def _scan(paths: list[Path], stop_on_error: bool = False):
+    """Decode each of ``paths`` once: (good paths, [(bad path, error)], {name: [h, w]} of the good ones).
+    Conversions of non-RGB files are not errors (their warnings are suppressed here). With
+    ``stop_on_error`` the first unreadable file's ``ValueError`` is raised."""
+    good, bad, sizes = [], [], {}
+    for p in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                arr = _decode(p)
+        except ValueError as e:
+            if stop_on_error:
+                raise
+            bad.append((p, e))
+        else:
+            good.append(p)
+            sizes[p.name] = list(arr.shape[:2])
+    return good, bad, sizes
+
+
 def scan_images(folder: str | os.PathLike, on_error: str = "skip") -> tuple[list[Path], list[tuple[Path, str]]]:
     """Decode every image of ``folder``: (good paths, [(bad path, reason)]).
 
@@ -123,88 +143,51 @@ def scan_images(folder: str | os.PathLike, on_error: str = "skip") -> tuple[list
     non-RGB files are not errors (their warnings are suppressed here)."""
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-    good, bad = [], []
-    for p in list_images(folder):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                _decode(p)
-        except ValueError as e:
-            if on_error == "raise":
-                raise
-            bad.append((p, str(e)))
-        else:
-            good.append(p)
-    return good, bad
+    good, bad, _ = _scan(list_images(folder), stop_on_error=on_error == "raise")
+    return good, [(p, str(e)) for p, e in bad]
 
 
 def check_image_folder(folder: str | os.PathLike, input_hw: tuple[int, int], strict_size: bool = False,
                        show: int = 3) -> list[Path]:
     """The start-up scan of a training / validation folder (before any step): every file is decoded
-    once. Unreadable files raise ``ValueError`` with their count and the first ``show`` paths. Images
-    whose aspect ratio differs from ``input_hw`` (they would be distorted by the resize) or that are
-    smaller than it (they would be upsampled) give one warning with their count, or a ``ValueError``
-    under ``strict_size``. Returns the paths (all readable)."""
+    once (``scan_images``' decoder). Unreadable files raise ``ValueError`` with their count and the
+    first ``show`` paths. Images whose aspect ratio differs from ``input_hw`` (they would be distorted
+    by the resize) or that are smaller than it (they would be upsampled) give one warning with their
+    count, or a ``ValueError`` under ``strict_size``. A clean scan is remembered in
+    ``<cache_root>/image_scans``, keyed by the folder and its files' names, sizes and mtimes, so an
+    unchanged folder is not decoded again. Returns the paths (all readable)."""
     import hashlib
     import json
 
     from e4e.fileio import atomic_write, cache_root
 
-    h0, w0 = input_hw
     listing = list_images(folder)
     stats = [(p.name, st.st_size, st.st_mtime_ns) for p in listing for st in [p.stat()]]
     key = hashlib.sha256(json.dumps([str(Path(folder).resolve()), stats]).encode()).hexdigest()[:24]
-    memo = cache_root() / "image_scans" / f"{key}.json"  # a folder scanned clean before, unchanged since
-    sizes: dict[str, list[int]] | None = None
+    memo = cache_root() / "image_scans" / f"{key}.json"
     try:
         sizes = json.loads(memo.read_text())
     except (OSError, ValueError):
-        pass
-    if isinstance(sizes, dict) and len(sizes) == len(listing):
-        odd = [(p, tuple(sizes[p.name])) for p in listing
-               if p.name in sizes and _odd_size(tuple(sizes[p.name]), input_hw)]
-        _report_sizes(odd, len(listing), folder, input_hw, strict_size, show)
-        return listing
-    paths, bad, sizes = [], [], {}
-    odd: list[tuple[Path, tuple[int, int]]] = []
-    for p in listing:
+        sizes = None
+    if not (isinstance(sizes, dict) and set(sizes) == {p.name for p in listing}):
+        good, bad, sizes = _scan(listing)
+        if bad:
+            first = "; ".join(f"{p.name} ({str(e).split(': ', 1)[-1]})" for p, e in bad[:show])
+            raise ValueError(f"{len(bad)} of {len(listing)} images in {folder} cannot be read, e.g. {first}")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                arr = _decode(p)
-        except ValueError as e:
-            bad.append((p, str(e)))
-            continue
-        paths.append(p)
-        sizes[p.name] = list(arr.shape[:2])
-        if _odd_size(arr.shape[:2], input_hw):
-            odd.append((p, tuple(arr.shape[:2])))
-    if bad:
-        first = "; ".join(f"{p.name} ({reason.split(': ', 1)[-1]})" for p, reason in bad[:show])
-        raise ValueError(f"{len(bad)} of {len(bad) + len(paths)} images in {folder} cannot be read, e.g. {first}")
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(memo, lambda f: f.write(json.dumps(sizes)), mode="w")
-    except OSError:  # a read-only cache only costs the next scan
-        pass
-    _report_sizes(odd, len(paths), folder, input_hw, strict_size, show)
-    return paths
-
-
-def _odd_size(hw, input_hw) -> bool:
-    (h, w), (h0, w0) = hw, input_hw
-    return h * w0 != w * h0 or h < h0 or w < w0
-
-
-def _report_sizes(odd, n, folder, input_hw, strict_size: bool, show: int) -> None:
+            atomic_write(memo, lambda f: f.write(json.dumps(sizes)), mode="w")
+        except OSError:  # a read-only cache only costs the next scan
+            pass
     h0, w0 = input_hw
+    odd = [(p, (h, w)) for p in listing for h, w in [sizes[p.name]] if h * w0 != w * h0 or h < h0 or w < w0]
     if odd:
         first = ", ".join(f"{p.name} {h}x{w}" for p, (h, w) in odd[:show])
-        msg = (f"{len(odd)} of {n} images in {folder} are not {h0}x{w0}-shaped (another aspect ratio, "
+        msg = (f"{len(odd)} of {len(listing)} images in {folder} are not {h0}x{w0}-shaped (another aspect ratio, "
                f"or smaller) and will be resized with distortion or upsampling, e.g. {first}")
         if strict_size:
             raise ValueError(msg + " (data.strict_size=true)")
-        warnings.warn(msg, UserWarning, stacklevel=3)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return listing
 
 
 def domain_transform(domain: str | DomainSpec, target: str = "encoder") -> Callable[[torch.Tensor], torch.Tensor]:

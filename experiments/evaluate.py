@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from e4e.cli import add_device_flag, add_tracking_flag, guarded
 from e4e.config import parse_dotlist
