@@ -49,8 +49,20 @@ def run_variant(method, variant, steps, images, generator, tmp: Path, i: int) ->
     return {"median": s["sec_per_step_median"], "first": s["sec_first_step"]}
 
 
-def bf16_accuracy(method: str, generator, images) -> dict:
-    """Loss and encoder gradient of one batch, fp32 vs bf16 autocast, from the same initial state."""
+def demo_generator_and_images(n: int):
+    """The shipped synth generator (frozen) and ``n`` of its samples (z seed 1), the benchmarks' batch."""
+    from e4e.checkpoints import load_generator
+    from e4e.train import SYNTH_GENERATOR
+
+    g = load_generator(SYNTH_GENERATOR).eval().requires_grad_(False)
+    with torch.no_grad():
+        z = torch.randn(n, g.style_dim, generator=torch.Generator().manual_seed(1))
+        images = g.sample(z, noise_mode="const").clamp(-1, 1)
+    return g, images
+
+
+def demo_inverter_and_losses(method: str, generator):
+    """The demo member's inverter (seed 0, every W+ row active) and its image losses, outside the trainer."""
     from e4e import losses as L
     from e4e import train as T
 
@@ -59,7 +71,14 @@ def bf16_accuracy(method: str, generator, images) -> dict:
     latent_avg = generator.latent_avg
     inv = T._build_inverter(cfg, generator, latent_avg.reshape(-1, latent_avg.shape[-1])[:1], 64)
     T.set_stage(inv, generator.n_latent - 1)
-    recon = L.ReconstructionLoss.from_config(cfg.loss, "domain", "cpu")
+    return inv, L.ReconstructionLoss.from_config(cfg.loss, "domain", "cpu")
+
+
+def bf16_accuracy(method: str, generator, images) -> dict:
+    """Loss and encoder gradient of one batch, fp32 vs bf16 autocast, from the same initial state."""
+    from e4e import train as T
+
+    inv, recon = demo_inverter_and_losses(method, generator)
     x = images[:8]
     out = {}
     for name, enabled in (("fp32", False), ("bf16", True)):
@@ -89,13 +108,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from e4e.checkpoints import load_generator
-    from e4e.train import SYNTH_GENERATOR
-
-    g = load_generator(SYNTH_GENERATOR).eval().requires_grad_(False)
-    with torch.no_grad():
-        z = torch.randn(64, g.style_dim, generator=torch.Generator().manual_seed(1))
-        images = g.sample(z, noise_mode="const").clamp(-1, 1)
+    g, images = demo_generator_and_images(64)
     variants = ["fp32"] + [v for v in a.variants if v != "fp32"]
     rows = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,20 +44,11 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also time torch.compile of growing parts of the step")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from bench.bench_step import demo_config
-    from e4e import losses as L
+    from bench.bench_step import demo_generator_and_images, demo_inverter_and_losses
     from e4e import train as T
-    from e4e.checkpoints import load_generator
 
-    g = load_generator(T.SYNTH_GENERATOR).eval().requires_grad_(False)
-    with torch.no_grad():
-        x = g.sample(torch.randn(8, g.style_dim, generator=torch.Generator().manual_seed(1)),
-                     noise_mode="const").clamp(-1, 1)
-    cfg = demo_config(a.method, 1, Path("unused"))
-    torch.manual_seed(0)
-    inv = T._build_inverter(cfg, g, g.latent_avg.reshape(-1, g.latent_avg.shape[-1])[:1], 64)
-    T.set_stage(inv, g.n_latent - 1)
-    recon = L.ReconstructionLoss.from_config(cfg.loss, "domain", "cpu")
+    g, x = demo_generator_and_images(8)
+    inv, recon = demo_inverter_and_losses(a.method, g)
     model = T._CodesForward(inv)
     codes0 = model(x).detach().requires_grad_(True)
     y0 = x.flip(-1).clone().requires_grad_(True)
