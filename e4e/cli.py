@@ -35,7 +35,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from e4e.checkpoints import CheckpointError
     from e4e.config import ConfigError
     from e4e.fileio import LockedError
-    from e4e.train import NonFiniteError
+    from e4e.losses import NonFiniteError
     from e4e.weights import WeightsMissingError
 
     return (ConfigError, WeightsMissingError, CheckpointError, LockedError, NonFiniteError, FileNotFoundError,

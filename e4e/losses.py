@@ -32,6 +32,10 @@ from e4e.weights import require
 # ---------------------------------------------------------------------------------------------
 # Pixel space
 # ---------------------------------------------------------------------------------------------
+class NonFiniteError(FloatingPointError):
+    """A loss term or gradient became NaN / inf: the run stops at that step, nothing is written."""
+
+
 def l2_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(y_hat, y)
 

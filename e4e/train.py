@@ -290,8 +290,7 @@ class _Ctx:
         return loss, logs, y_hat
 
 
-class NonFiniteError(FloatingPointError):
-    """A loss term or gradient became NaN / inf: the run stops at that step, nothing is written."""
+NonFiniteError = L.NonFiniteError  # raised by this trainer; defined with the losses (CLIs catch it from there)
 
 
 def non_finite_terms(logs: dict, params) -> dict[str, float]:
