@@ -101,7 +101,7 @@ def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Any
             if allow_pickle:
                 return torch.load(p, map_location=map_location, weights_only=False)
             raise CheckpointError(f"{p}: the checkpoint pickles Python objects {sorted(unsafe) or '(unknown)'}; "
-                             "pass allow_pickle=True only if you trust the file") from None
+                             "pass --allow-pickle (allow_pickle=True) only if you trust the file") from None
     except pickle.UnpicklingError as e:
         reason = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(e) + "\n", re.S)
         raise CheckpointError(f"{p}: refused by the safe loader (weights_only=True: "

@@ -74,3 +74,21 @@ def add_tracking_flag(parser: argparse.ArgumentParser, extra: str = "") -> None:
 
     parser.add_argument("--tracking-uri", default=tracking_uri(),
                         help="MLflow tracking URI ($MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)" + extra)
+
+
+def add_allow_pickle_flag(parser: argparse.ArgumentParser) -> None:
+    """``--allow-pickle``: the one way to load a checkpoint that the safe loader refuses."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load checkpoints that pickle Python objects (loading such a file runs code from "
+                             "it: only for files you trust; every other file loads with weights_only=True)")
+
+
+def allow_pickle(args) -> bool:
+    """The ``--allow-pickle`` choice, with a warning on stderr when it is on."""
+    import sys
+
+    on = bool(getattr(args, "allow_pickle", False))
+    if on:
+        print("warning: --allow-pickle: a checkpoint that pickles Python objects will be loaded, and loading it "
+              "runs code from the file", file=sys.stderr)
+    return on

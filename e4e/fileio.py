@@ -132,3 +132,53 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# images: [-1, 1] floats <-> the 8-bit values a PNG holds, image grids
+# ---------------------------------------------------------------------------------------------
+def to_uint8(x):
+    """[..., H, W] floats in [-1, 1] -> uint8 (clamped, rounded), same shape and device."""
+    import torch
+
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_uint8_hwc(x):
+    """[B, 3, H, W] in [-1, 1] -> numpy uint8 [B, H, W, 3] RGB."""
+    return to_uint8(x).cpu().permute(0, 2, 3, 1).numpy()
+
+
+def quantize_8bit(x):
+    """[-1, 1] floats -> the same images after a round trip through 8 bits (as a PNG would hold them)."""
+    return to_uint8(x).float() / 127.5 - 1
+
+
+def image_grid(images, nrow: int | None = None, pad: int = 2):
+    """[B,3,H,W] in [-1,1] -> numpy uint8 HxWx3 grid, ``nrow`` images a row (white padding)."""
+    import math
+
+    import torch
+
+    x = to_uint8(images).cpu()
+    b, c, h, w = x.shape
+    nrow = nrow or int(math.ceil(math.sqrt(b)))
+    ncol = int(math.ceil(b / nrow))
+    grid = torch.full((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(b):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
+    return grid.permute(1, 2, 0).numpy()
+
+
+def save_grid(images, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> Path:
+    """``image_grid`` written as a PNG (nearest-neighbour ``scale``-fold enlarged)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(image_grid(images, nrow))
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    im.save(path)
+    return path

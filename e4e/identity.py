@@ -31,6 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from e4e.fileio import to_uint8_hwc
 from e4e.weights import WeightsMissingError, require
 
 __all__ = ["build_identity", "IDENTITY_KINDS", "ArcFaceIdentity", "MocoIdentity", "DomainIdentity",
@@ -160,11 +161,6 @@ def dlib_model_file(name: str) -> Path:
     if not path.is_file():
         raise WeightsMissingError(f"{path} is missing (shipped by the face-recognition-models package)")
     return path
-
-
-def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
-    """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3] RGB."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 class DlibIdentity(_Frozen):

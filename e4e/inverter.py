@@ -6,12 +6,13 @@ are all Inverters, so metrics never branch on the method.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from e4e.models.stylegan2 import Generator
+if TYPE_CHECKING:  # the type only: the inverter base imports no model code at run time
+    from e4e.models.stylegan2 import Generator
 
 
 class Inverter(nn.Module):

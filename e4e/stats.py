@@ -1,5 +1,5 @@
 """Feature statistics and the Frechet distance (FID on any features), shared by the metrics
-(``metrics.perception``) and the synth GAN trainer's ``fid_domain`` (``e4e.synth.gan``).
+(``metrics.perception``) and the synth generator export's ``fid_domain`` (``e4e.synth.export``).
 
 - ``frechet_distance(mu1, s1, mu2, s2)``: ||mu1-mu2||^2 + Tr(s1 + s2 - 2 (s1 s2)^1/2), the trace of the
   square root computed from the eigenvalues of the symmetric PSD matrix s1^1/2 s2 s1^1/2 (equal to the

@@ -406,6 +406,36 @@ def _atomic_save(obj, path: Path) -> None:
     atomic_torch_save(obj, path)
 
 
+RUN_FILE = "run.json"
+
+
+def _write_run_file(out_dir: Path, run_id: str, chash: str) -> None:
+    """Record the run this trainer opened, before any step: a restart that finds no ``last.pt``
+    (killed before the first checkpoint) adopts it instead of leaving an orphan RUNNING run."""
+    import json
+
+    from e4e.fileio import atomic_write
+
+    atomic_write(out_dir / RUN_FILE, lambda f: f.write(json.dumps({"run_id": run_id, "config_hash": chash})), "w")
+
+
+def _orphan_run(client, out_dir: Path, chash: str) -> str | None:
+    """The unfinished run recorded in ``out_dir/run.json`` for this config, if the store has it."""
+    import json
+
+    try:
+        rec = json.loads((out_dir / RUN_FILE).read_text())
+        run_id = rec["run_id"]
+        if rec.get("config_hash") != chash:
+            return None
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - no file, a bad file, another store: open a new run
+        return None
+    if run.info.status == "FINISHED" or run.info.lifecycle_stage == "deleted":
+        return None
+    return run_id
+
+
 def load_training_checkpoint(path: str | Path) -> dict:
     """A training checkpoint of this trainer, loaded with ``weights_only=True`` (a file that is not a
     checkpoint, is truncated, or pickles Python objects raises ValueError naming it)."""
@@ -682,9 +712,14 @@ def _train(cfg, info, device, run_id, generator, train_set, val_set, perceptual,
                 "loss.identity": id_kind or "-",
                 "loss.perceptual": cfg.loss.lpips_net if cfg.loss.lpips_lambda else "-"}
         if run_id is None:
-            exp_id = T.get_or_create_experiment(client, cfg.experiment or cfg.data.domain)
-            run = client.create_run(exp_id, run_name=cfg.run_name or f"{cfg.model.method}-{chash[:8]}")
-            run_id, own_run = run.info.run_id, True
+            run_id = _orphan_run(client, out_dir, chash)   # killed before its first checkpoint: adopt it
+            own_run = run_id is not None
+            if run_id is None:
+                exp_id = T.get_or_create_experiment(client, cfg.experiment or cfg.data.domain)
+                run = client.create_run(exp_id, run_name=cfg.run_name or f"{cfg.model.method}-{chash[:8]}")
+                run_id, own_run = run.info.run_id, True
+                _write_run_file(out_dir, run_id, chash)
+            client.update_run(run_id, status="RUNNING")
         else:
             # a run this trainer created (recorded in the checkpoint) vs one handed in (a grid member)
             own_run = bool(state.run_id) and run_id == state.run_id and state.own_run

@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterable
 
-from e4e.cli import add_device_flag, add_tracking_flag, guarded
+from e4e.cli import add_allow_pickle_flag, add_device_flag, add_tracking_flag, allow_pickle, guarded
 from e4e.config import parse_dotlist
 
 DEFAULT_PREFIX = "test/"
@@ -117,13 +117,26 @@ def log_results(client, run_id: str, values: dict, per_image: dict, unavailable:
     from mlflow.entities import Metric, RunTag
 
     ts = int(time.time() * 1000)
-    metrics = [Metric(prefix + k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)]
+    metrics = [Metric(k, v, ts, 0) for k, v in new_values(client, run_id, {prefix + k: v for k, v in values.items()})]
     tags = [RunTag(f"unavailable.{k}", str(v)[:4000]) for k, v in unavailable.items()]
     for i in range(0, max(len(metrics), 1), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
     with tempfile.TemporaryDirectory() as tmp:
         write_outputs(Path(tmp), values, per_image, unavailable, extra)
         client.log_artifacts(run_id, tmp, artifact_path)
+
+
+def new_values(client, run_id: str, values: dict) -> list[tuple[str, float]]:
+    """The finite ``values`` that the run does not already hold with exactly that value: logging an
+    evaluation again after a kill part-way through it (same seeds, same values) adds no second
+    entry to any metric's history, while a re-evaluation that changes a value records it."""
+    have = client.get_run(run_id).data.metrics
+    out = []
+    for k, v in values.items():
+        v = float(v)
+        if math.isfinite(v) and have.get(k) != v:
+            out.append((k, v))
+    return out
 
 
 def write_outputs(out: Path, values: dict, per_image: dict, unavailable: dict, extra: dict | None = None) -> None:
@@ -174,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write metrics.json / per_image.csv into this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list", action="store_true", help="list the metric names and exit")
+    add_allow_pickle_flag(p)
     return p
 
 
@@ -207,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from e4e.cli import resolve_device
 
     args.device = resolve_device(args.device)
-    inverter = load_inverter(ckpt, device=args.device).eval()
+    inverter = load_inverter(ckpt, device=args.device, allow_pickle=allow_pickle(args)).eval()
     size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
     images = load_images(args.data, args.domain, args.n_images, size=size)
     directions = {k: editing.load_direction(str(v)) for k, v in direction_files.items()}

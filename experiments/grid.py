@@ -665,8 +665,8 @@ def evaluate_member(task: MemberTask, inverter, client) -> dict[str, float]:
     from experiments.report import summary_metrics
 
     ts = int(time.time() * 1000)
-    client.log_batch(task.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in summary_metrics(values).items()
-                                           if math.isfinite(v)])
+    client.log_batch(task.run_id, metrics=[Metric(k, v, ts, 0) for k, v in E.new_values(client, task.run_id,
+                                                                                        summary_metrics(values))])
     client.set_tag(task.run_id, "eval.n_images", str(len(images)))
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         if _qualitative(task, inverter, images, Path(tmp)):
@@ -674,15 +674,12 @@ def evaluate_member(task: MemberTask, inverter, client) -> dict[str, float]:
     return values
 
 
-def _to_uint8(x) -> "np.ndarray":
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
 def _qualitative(task: MemberTask, inverter, images, out: Path) -> bool:
     """inputs | inversions | the same edits for every member -> ``qualitative.npz`` and ``.png``."""
     import numpy as np
 
     from e4e import editing
+    from e4e.fileio import to_uint8_hwc
 
     spec = task.evaluate.get("qualitative") or {}
     k = int(spec.get("n_images", 4))
@@ -692,8 +689,8 @@ def _qualitative(task: MemberTask, inverter, images, out: Path) -> bool:
 
     x = images[:k]
     codes = inverter.invert(x)
-    show = lambda y: _to_uint8(resize_like(y, tuple(x.shape[-2:])))  # noqa: E731 - as the metrics see them
-    arrays = {"inputs": _to_uint8(x), "inversions": show(inverter.generate(codes))}
+    show = lambda y: to_uint8_hwc(resize_like(y, tuple(x.shape[-2:])))  # noqa: E731 - as the metrics see them
+    arrays = {"inputs": to_uint8_hwc(x), "inversions": show(inverter.generate(codes))}
     for edit in spec.get("edits") or []:
         try:
             direction, label = edit_direction(task.domain, edit)
@@ -964,12 +961,11 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
             pending.remove(t)
             t.dependencies = {d: results[d].checkpoint for d in t.member.depends_on if results[d].checkpoint}
             t.threads = _threads_per_job(jobs) if jobs > 1 else None
-            if t.run_id is None:
-                t.run_id = _create_child(client, exp_id, t, parent_id, sha)
-            else:
-                client.set_tag(t.run_id, "git_sha", sha)
-                client.set_tag(t.run_id, "grid.last_parent", parent_id)
-            client.update_run(t.run_id, status="RUNNING")
+            claimed = _claim_run(client, exp_id, t, parent_id, sha)
+            if claimed is not None:   # another grid holds the member, or finished it since the plan
+                results[t.member.name] = claimed
+                bar.update(1)
+                continue
             bar.set_postfix(running=t.member.name)
             if bar.mode == "lines":
                 bar.write(f"  {t.member.name}: started ({ACTION_WORDS.get(t.action, t.action)})")
@@ -990,6 +986,32 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
             bar.update(1)
             bar.write(f"  {n}: {res.status} ({res.seconds:.0f}s)" + (f" — {res.error}" if res.error else ""))
     bar.close()
+
+
+def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | None:
+    """Pick the member's run under its directory lock, so that two grids on one store never open
+    two runs for one member: look again for a run of this config (another grid may have opened or
+    finished one since the plan), else create it. Returns a result when there is nothing to start."""
+    from e4e.fileio import DirLock, LockedError
+
+    try:
+        with DirLock(t.out_dir):
+            prev = _latest_run(client, exp_id, t.grid, t.config_hash)
+            if prev is not None and prev.info.run_id != t.run_id:
+                t.run_id = prev.info.run_id
+                if prev.info.status == "FINISHED" and prev.data.tags.get(STAGE_TAG) == "done" and \
+                        t.action != "evaluate":
+                    return MemberResult(t.member.name, "SKIPPED", t.run_id, checkpoint=_checkpoint_of(client, t))
+                t.action = "resume"
+            if t.run_id is None:
+                t.run_id = _create_child(client, exp_id, t, parent_id, sha)
+            else:
+                client.set_tag(t.run_id, "git_sha", sha)
+                client.set_tag(t.run_id, "grid.last_parent", parent_id)
+            client.update_run(t.run_id, status="RUNNING")
+    except LockedError as exc:
+        return MemberResult(t.member.name, "BUSY", t.run_id, str(exc))
+    return None
 
 
 def _fail_unstarted(client, exp_id, t: MemberTask, parent_id, sha, msg) -> MemberResult:

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from e4e.cli import add_device_flag
+from e4e.cli import add_allow_pickle_flag, add_device_flag, allow_pickle, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flag(p)
     p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--no-recon", action="store_true", help="do not write reconstruction PNGs")
+    add_allow_pickle_flag(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. projection.steps=200 projection.fallback=l2")
     return p
@@ -58,9 +59,9 @@ def build_inverter(args, device):
     if args.checkpoint and not args.method:
         from e4e.checkpoints import load_inverter
 
-        return load_inverter(args.checkpoint).to(device).eval(), args.checkpoint
+        return load_inverter(args.checkpoint, allow_pickle=allow_pickle(args)).to(device).eval(), args.checkpoint
     if not args.method:
-        raise SystemExit("error: give --checkpoint (an encoder) or --method (an optimisation baseline)")
+        raise C.ConfigError("give --checkpoint (an encoder) or --method (an optimisation baseline)")
     from baselines import optim as O
 
     dotlist = list(args.overrides) + [f"model.method={args.method}"]
@@ -71,30 +72,25 @@ def build_inverter(args, device):
     if args.generator:
         from e4e.checkpoints import load_generator
 
-        generator = load_generator(args.generator)
+        generator = load_generator(args.generator, allow_pickle=allow_pickle(args))
     inv = O.build_inverter(args.method, cfg, encoder_checkpoint=args.encoder or args.checkpoint,
                            generator=generator, device=device)
     inv.progress = False
     return inv.to(device), f"{args.method} ({getattr(inv, 'perceptual', '')})"
 
 
+@guarded(ValueError)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
     from e4e.progress import track
 
     from e4e.data import IMAGE_EXTENSIONS, list_images, load_image
-    from e4e.weights import WeightsMissingError
-
     from e4e.cli import resolve_device
 
     device = resolve_device(args.device)
-    try:
-        paths = list_images(Path(args.images))
-        inverter, source = build_inverter(args, device)
-    except (FileNotFoundError, WeightsMissingError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    paths = list_images(Path(args.images))
+    inverter, source = build_inverter(args, device)
     if not paths:
         print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}", file=sys.stderr)
         return 2

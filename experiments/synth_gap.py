@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 from e4e.cli import HelpFormatter
+from e4e.fileio import quantize_8bit
 
 __all__ = ["gap_readout", "add_cli"]
 
@@ -49,7 +50,7 @@ def gap_readout(generator, gaps, n: int = 16, steps: int = 150, seed: int = 0, b
     with torch.no_grad():
         z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
         gen = generator.sample(z, noise_mode="const").clamp(-1, 1)
-    gen = ((gen + 1) * 127.5).round() / 127.5 - 1  # 8-bit, as the real PNGs
+    gen = quantize_8bit(gen)  # 8-bit, as the real PNGs
     on_gen = {mode: _l2_of(inv, gen, batch) for mode, inv in invs.items()}
     attrs = sample_attributes(n, np.random.default_rng([seed, 7]))
     rows = {}

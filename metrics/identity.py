@@ -79,7 +79,8 @@ class _InsightFaceArcFace:
             raise MetricUnavailable(f"id_insightface: insightface could not load {path} as a recognition model")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from e4e.identity import arcface_crop, to_uint8_hwc
+        from e4e.fileio import to_uint8_hwc
+        from e4e.identity import arcface_crop
 
         imgs = to_uint8_hwc(arcface_crop(x.float().cpu()))[..., ::-1]  # RGB -> BGR, 112x112
         feats = torch.from_numpy(np.asarray(self.model.get_feat(list(np.ascontiguousarray(imgs))), np.float32))

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from e4e.fileio import to_uint8
 from e4e.stats import feature_stats, fid_from_features, frechet_distance  # noqa: F401  (re-exported)
 from e4e.weights import require, sha256_of
 from metrics.registry import EvalContext, MetricResult, MetricUnavailable, register_metric, unavailable_on_missing
@@ -51,7 +52,7 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.T
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """[-1,1] float -> the 8-bit values a PNG would hold, as float in [0, 255]."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+    return to_uint8(x).float()
 
 
 # =============================================================================================

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from e4e.synth.gan import GANConfig, GANTrainer, fid_from_features, parse_channels, train
+from e4e.stats import fid_from_features
+from e4e.synth.gan import GANConfig, GANTrainer, parse_channels, train
 
 TINY = dict(size=16, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 8}, batch=4, r1_every=2,
             sample_every=0, progress=False, n_sample=4, ckpt_every_minutes=0)
@@ -69,14 +70,14 @@ def test_resume_is_bit_identical(tmp_path):
     train(full, images=imgs, resume=True)
     half = _cfg(tmp_path, "half", steps=2, pl_weight=1.0, pl_every=2)
     train(half, images=imgs, resume=True)
-    mid = torch.load(tmp_path / "half" / "last.pt", weights_only=False)
+    mid = torch.load(tmp_path / "half" / "last.pt", weights_only=True)
     assert mid["step"] == 2
     rest = _cfg(tmp_path, "half", steps=4, pl_weight=1.0, pl_every=2)
     tr = GANTrainer(rest, images=imgs, resume=True)
     assert tr.resumed and tr.step == 2
     tr.fit()
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "half" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "half" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     ta, tb = dict(_tensors(a)), dict(_tensors(b))
     assert ta.keys() == tb.keys() and len(ta) > 50
@@ -171,11 +172,11 @@ def test_cli_train_generator(tmp_path):
 
 def test_export_generator_rosinality_format(tmp_path):
     from e4e.models.stylegan2 import Generator
-    from e4e.synth.gan import export_generator
+    from e4e.synth.export import export_generator
 
     train(_cfg(tmp_path, steps=1), images=_images())
     info = export_generator(tmp_path / "run" / "last.pt", tmp_path / "g.pt", grid=tmp_path / "grid.png", n_avg=256)
-    ck = torch.load(tmp_path / "g.pt", weights_only=False)
+    ck = torch.load(tmp_path / "g.pt", weights_only=True)
     assert set(ck) >= {"g_ema", "latent_avg"} and ck["latent_avg"].shape[-1] == 32
     g = Generator(16, 32, 2, channels=TINY["channels"])
     g.load_state_dict(ck["g_ema"], strict=True)
@@ -218,13 +219,13 @@ def test_ddp_two_gloo_processes_stay_in_sync(tmp_path):
 
     port = _free_port()
     mp.spawn(_ddp_worker_saving_weights, args=(2, port, tmp_path), nprocs=2, join=True)
-    a = torch.load(tmp_path / "rank0.pt", weights_only=False)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert not torch.equal(a["batch0"], b["batch0"])  # ranks see different data
     for part in ("g", "d", "g_ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
-    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and ck["step"] == 2
     assert ck["images_seen"] == 2 * 2 * TINY["batch"]
 
@@ -244,7 +245,7 @@ def test_sigterm_stops_cleanly_and_saves(tmp_path):
     tr.train_step = step
     res = tr.fit()
     assert res["stopped"] == "signal" and res["step"] == 2
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
 

@@ -103,7 +103,7 @@ def test_eval_overrides_reach_the_evaluation_spec():
     assert grid.evaluate["n_images"] == 200 and grid.evaluate["metrics"] == ["l2", "msssim"]
     assert grid.evaluate["options"]["edit_n_ref"] == 128
     assert grid.evaluate["qualitative"]["n_images"] == 4            # untouched keys stay
-    with pytest.raises(G.GridError, match="unknown key\(s\) \['n_imgs'\]"):
+    with pytest.raises(G.GridError, match=r"unknown key\(s\) \['n_imgs'\]"):
         G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo", eval_overrides={"n_imgs": 5})
 
 
@@ -450,3 +450,72 @@ def test_member_locked_by_a_live_process_is_never_resumed(assets, tmp_path):
     (res,) = G.run_grid(grid, assets["uri"], runs_dir, progress=False)
     assert res.status == "FINISHED" and not (Path(task.out_dir) / ".lock").exists()
     assert os.getpid() != holder.pid
+
+
+_EVAL_KILL_SCRIPT = r'''
+import os, signal, sys
+from experiments import evaluate as E, grid as G
+
+orig = E.log_results
+def log_results(*a, **k):   # the member's test/* values are in MLflow, its summary and stage not yet
+    orig(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+E.log_results = log_results
+G.run_grid(G.load_grid(sys.argv[1]), sys.argv[2], sys.argv[3], progress=False)
+'''
+
+
+def test_grid_killed_during_evaluation_resumes_and_logs_each_value_once(assets, tmp_path):
+    """kill -9 part-way through a member's evaluation: the re-run resumes the same run (no new
+    training step), evaluates again and leaves every test/* metric with exactly one entry."""
+    from mlflow.tracking import MlflowClient
+
+    path = write_grid(tmp_path, assets, [{"method": "w_encoder"}], name="evalkill", max_steps=4)
+    runs_dir = tmp_path / "runs"
+    script = tmp_path / "kill.py"
+    script.write_text(_EVAL_KILL_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(path), assets["uri"], str(runs_dir)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == -9, r.stderr[-3000:]
+    (run,) = child_runs(assets["uri"], "evalkill")
+    assert run.info.status == "RUNNING" and run.data.tags["grid.stage"] == "evaluate"
+    tested = sorted(k for k in run.data.metrics if k.startswith("test/"))
+    assert tested
+    (task,) = G.plan(G.load_grid(path), assets["uri"], runs_dir)
+    assert task.action == "resume" and task.run_id == run.info.run_id
+    (res,) = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    assert res.status == "FINISHED" and res.run_id == run.info.run_id, res.error
+    (after,) = child_runs(assets["uri"], "evalkill")
+    assert after.data.tags["grid.stage"] == "done" and after.info.status == "FINISHED"
+    c = MlflowClient(assets["uri"])
+    assert [len(c.get_metric_history(run.info.run_id, k)) for k in tested] == [1] * len(tested)
+    assert T_steps(c, run.info.run_id, "train/loss") == [1, 2, 3, 4]
+
+
+def T_steps(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_two_grids_at_once_on_one_store(assets, tmp_path):
+    """Two grid processes started together on one grid and store: each member trained by one of them
+    into one run (the other reports it BUSY or skips it), every step logged once, nothing crashes."""
+    path = write_grid(tmp_path, assets, [{"method": "w_encoder"}, {"method": "psp", "name": "psp"}],
+                      name="twice", max_steps=8)
+    runs_dir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "experiments.grid", "run", str(path), "--tracking-uri", assets["uri"],
+           "--runs-dir", str(runs_dir), "--no-progress", "--jobs", "1"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode in (0, 1) and "Traceback" not in err, err[-3000:]
+    runs = child_runs(assets["uri"], "twice")
+    assert sorted(r.data.tags["member"] for r in runs) == ["psp", "w_encoder"], "one run per member"
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(assets["uri"])
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["grid.stage"] == "done", r.data.tags
+        assert T_steps(c, r.info.run_id, "train/loss") == list(range(1, 9))
+    again = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    assert [a.status for a in again] == ["SKIPPED", "SKIPPED"]

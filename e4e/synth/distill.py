@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from e4e.fileio import quantize_8bit
 from e4e.losses import disc_loss, nonsaturating_loss, r1_penalty
 from e4e.models.stylegan2 import Generator
 
@@ -371,7 +372,7 @@ def generator_quality(g: Generator, attrnet, n: int = 2000, seed: int = 1, batch
     edge_g = edge_t = 0.0
     for i in range(0, n, batch):
         z = torch.randn(min(batch, n - i), g.style_dim, generator=gen)
-        x = ((g.sample(z, noise_mode="const").clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+        x = quantize_8bit(g.sample(z, noise_mode="const"))
         t, a = targets(z)
         f_x, f_t = attrnet.features(x), attrnet.features(t)
         fg.append(f_x.double())
@@ -406,7 +407,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, grid: str | os.PathL
     from e4e.tracking import git_sha
 
     from .attrnet import load_attrnet
-    from .gan import save_grid
+    from e4e.fileio import save_grid
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     cfg = DistillConfig.from_dict(ck["config"])

@@ -56,10 +56,9 @@ from e4e import losses as L
 from e4e import tracking as T
 from e4e.cli import add_tracking_flag, resolve_device
 from e4e.models.stylegan2 import Discriminator, Generator
-from e4e.stats import feature_stats, fid_from_features  # noqa: F401  (public names of this module)
+from e4e.fileio import save_grid
 
-__all__ = ["GANConfig", "GANTrainer", "train", "add_cli", "main", "load_image_folder", "export_generator",
-           "fid_from_features", "feature_stats", "image_grid", "parse_channels"]
+__all__ = ["GANConfig", "GANTrainer", "train", "add_cli", "main", "load_image_folder", "parse_channels"]
 
 SYNTH_CHANNELS = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32}
 
@@ -234,37 +233,6 @@ class _DataOrder:
         return {"seed": self.seed, "n": self.n, "epoch": pos // self.n, "position": pos % self.n}
 
 
-# ---------------------------------------------------------------------------------------------
-# Image grid
-# ---------------------------------------------------------------------------------------------
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """[B,3,H,W] in [-1,1] -> uint8 HxWx3 grid (white padding)."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    b, c, h, w = x.shape
-    nrow = nrow or int(math.ceil(math.sqrt(b)))
-    ncol = int(math.ceil(b / nrow))
-    grid = torch.full((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
-    for i in range(b):
-        r, q = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[i]
-    return grid.permute(1, 2, 0).numpy()
-
-
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> Path:
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(image_grid(images, nrow))
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    im.save(path)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Tracking (MLflow client; no global mlflow state)
-# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------
@@ -654,92 +622,6 @@ def train(cfg: GANConfig, resume: bool = True, images: torch.Tensor | None = Non
 
 
 # ---------------------------------------------------------------------------------------------
-# FID on arbitrary features (e4e.stats.fid_from_features; fid_domain uses the synth attribute network's
-# features)
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def _features(net, images_u8_or_float: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    out = []
-    for x in images_u8_or_float.split(batch):
-        if x.dtype == torch.uint8:
-            x = x.float() / 127.5 - 1
-        out.append(net.features(x).flatten(1).double().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def fid_domain(g: Generator, data: str | os.PathLike, n_gen: int = 5000, seed: int = 0,
-               attrnet=None) -> dict:
-    """fid_domain (attribute-net features) of ``n_gen`` samples vs the test split, and the floor
-    (test vs train). Raises ImportError / FileNotFoundError when the attribute network is unavailable."""
-    if attrnet is None:
-        from e4e.synth.attrnet import load_attrnet  # noqa: WPS433 (optional dependency)
-        attrnet = load_attrnet()
-    attrnet.eval()
-    root = Path(data)
-    test = load_image_folder(root / "test")
-    train_imgs = load_image_folder(root / "train", limit=n_gen, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    fakes = []
-    g.eval()
-    for i in range(0, n_gen, 250):
-        z = torch.randn(min(250, n_gen - i), g.style_dim, generator=gen)
-        # quantised to 8 bits, as the real PNGs are
-        fakes.append(((g.sample(z, noise_mode="const").clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
-    f_gen = _features(attrnet, torch.cat(fakes))
-    f_test = _features(attrnet, test)
-    f_train = _features(attrnet, train_imgs)
-    return {"fid_domain_gen_vs_test": fid_from_features(f_gen, f_test),
-            "fid_domain_train_vs_test": fid_from_features(f_train, f_test),
-            "n_gen": n_gen, "n_test": len(test), "n_train": len(train_imgs)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Export (rosinality format: {'g_ema': state_dict, 'latent_avg': [D]})
-# ---------------------------------------------------------------------------------------------
-def export_generator(ckpt: str | os.PathLike, out: str | os.PathLike, provenance: dict | None = None,
-                     grid: str | os.PathLike | None = None, n_avg: int = 10_000, data: str | None = None,
-                     n_fid: int = 5000) -> dict:
-    """Write g_ema of a trainer checkpoint as a rosinality ``.pt`` with ``latent_avg`` (mean of
-    ``n_avg`` w), a provenance JSON beside it and optionally a sample grid."""
-    ck = CK.load_checkpoint(ckpt)
-    cfg = GANConfig.from_dict(ck["config"])
-    g = Generator(cfg.size, cfg.style_dim, cfg.n_mlp, lr_mlp=cfg.lr_mlp, channels=cfg.channels)
-    g.load_state_dict(ck["g_ema"])
-    g.eval().requires_grad_(False)
-    latent_avg = g.mean_latent(n_avg, seed=0)[0]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from e4e.checkpoints import save_generator
-
-    save_generator(g, out, latent_avg=latent_avg)
-    info = {
-        "file": out.name, "bytes": out.stat().st_size,
-        "architecture": {"size": cfg.size, "style_dim": cfg.style_dim, "n_mlp": cfg.n_mlp, "lr_mlp": cfg.lr_mlp,
-                         "channels": {str(k): v for k, v in cfg.channels.items()}},
-        "steps": ck["step"], "batch_per_process": cfg.batch, "world_size": ck.get("world_size", 1),
-        "images_seen": ck.get("images_seen"), "train_seconds": round(float(ck.get("train_seconds", 0.0)), 1),
-        "train_minutes": round(float(ck.get("train_seconds", 0.0)) / 60, 2), "seed": cfg.seed,
-        "mlflow_run_id": ck.get("mlflow_run_id"), "git_sha": T.git_sha(), "trainer_config": cfg.to_dict(),
-        "latent_avg": f"mean of {n_avg} w (z seed 0)",
-    }
-    if provenance:
-        info.update(provenance)
-    if grid:
-        z = torch.randn(64, cfg.style_dim, generator=torch.Generator().manual_seed(2021))
-        save_grid(g.sample(z, noise_mode="const"), grid, nrow=8, scale=2)
-        info["sample_grid"] = str(grid)
-    if data is not None:
-        try:
-            info["fid_domain"] = fid_domain(g, data, n_gen=n_fid)
-        except (ImportError, FileNotFoundError) as e:
-            info["fid_domain"] = None
-            info["fid_domain_note"] = f"attribute network unavailable: {e}"
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-    return info
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -779,20 +661,6 @@ def run_train(args: argparse.Namespace) -> dict:
     return res
 
 
-def run_export(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    prov = {"command": args.command_line} if args.command_line else {}
-    if args.note:
-        prov["notes"] = args.note
-    prov["export_command"] = "python -m experiments.synth export-generator " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in (("ckpt", args.ckpt), ("out", args.out), ("grid", args.grid),
-                                                    ("data", args.data), ("n_fid", args.n_fid)))
-    info = export_generator(args.ckpt, args.out, provenance=prov, grid=args.grid,
-                            data=None if args.no_fid else args.data, n_fid=args.n_fid)
-    print(json.dumps({k: info[k] for k in ("file", "bytes", "steps", "fid_domain") if k in info}, default=str))
-    return info
-
-
 def add_cli(subparsers) -> None:
     """Register ``train-generator`` and ``export-generator`` on an argparse subparsers object."""
     p = subparsers.add_parser("train-generator", help="train the synth StyleGAN2 (resumable, MLflow, torchrun)")
@@ -808,6 +676,8 @@ def add_cli(subparsers) -> None:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--command-line", default="", help="training command recorded in the provenance file")
     e.add_argument("--note", action="append", default=[], help="free-text note for the provenance file")
+    from e4e.synth.export import run_export
+
     e.set_defaults(func=run_export)
 
 
