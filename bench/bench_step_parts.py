@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 

@@ -1,0 +1,255 @@
+"""A grid call: the parent MLflow run, the child run of each member (picked under the member's lock),
+the schedule that respects dependencies and ``--jobs``, and the parent's summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from e4e.methods import OPTIM_METHODS
+from e4e.tracking import DEFAULT_TRACKING_URI
+
+from experiments.grid.spec import DEFAULT_RUNS_DIR, GridError, GridSpec, METHOD_WORDS, REPO_ROOT, STAGE_TAG, SWITCH_WORDS
+from experiments.grid.plan import MemberResult, MemberTask, _absolute_sqlite, _client, _ensure_store_dir, _latest_run, plan
+from experiments.grid.member import _mark_failed, _summary_checkpoint, _task_config, run_member
+from experiments.grid.launchers import LAUNCHERS, _threads_per_job
+from experiments.grid.tables import ACTION_WORDS, format_plan, parent_note
+
+# ================================================================================================
+# a grid call
+# ================================================================================================
+def _create_child(client, exp_id: str, task: MemberTask, parent_id: str, sha: str) -> str:
+    tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": task.member.name, "grid": task.grid,
+            "member": task.member.name, "method": task.member.method, "domain": task.domain,
+            "profile": task.profile, "git_sha": sha, "config_hash": task.config_hash,
+            "grid.order": str(task.member.order), "out_dir": task.out_dir, STAGE_TAG: "queued"}
+    if task.member.depends_on:
+        tags["depends_on"] = ",".join(task.member.depends_on)
+    tags.update(member_tags(task))
+    run = client.create_run(exp_id, run_name=task.member.name, tags=tags)
+    return run.info.run_id
+
+
+
+
+def member_tags(task: MemberTask) -> dict[str, str]:
+    """``delta_reg`` / ``adversarial`` / ``progressive`` = on | off | n/a (optimisation baselines train
+    nothing) from the member's resolved config, and ``mlflow.note.content``: what the member is."""
+    method = task.member.method
+    words = METHOD_WORDS.get(method, method)
+    if method in OPTIM_METHODS or task.error:
+        tags = {k: "n/a" for k in SWITCH_WORDS}
+        cfg = None
+    else:
+        cfg = _task_config(task)
+        tags = {k: "on" if getattr(cfg, k).enabled else "off" for k in SWITCH_WORDS}
+    if cfg is not None and method == "e4e":
+        words += "; " + ", ".join(f"{SWITCH_WORDS[k]} {v}" for k, v in tags.items())
+    if cfg is not None:
+        words += f"; {cfg.max_steps} training steps, batch {cfg.batch_size}"
+    if task.member.options:
+        off = [SWITCH_WORDS.get(k, k) for k, v in task.member.options.items() if v is False]
+        if off:
+            words += f". Ablation: {' and '.join(off)} turned off"
+    tags["mlflow.note.content"] = words + "."
+    return tags
+
+
+def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir: str | Path = DEFAULT_RUNS_DIR,
+             jobs: int = 1, launcher: str = "local", cluster: str | None = None,
+             submitit_params: Mapping[str, Any] | None = None, dry_run: bool = False, reevaluate: bool = False,
+             progress: bool = True) -> list[MemberResult]:
+    """Run (or show, with ``dry_run``) a grid; returns one result per member, in grid order."""
+    tracking_uri = _absolute_sqlite(tracking_uri)
+    if dry_run:   # read-only: not even an empty store is created
+        tasks = plan(grid, tracking_uri, runs_dir, None, reevaluate)
+        print(format_plan(grid, tasks))
+        return [MemberResult(t.member.name, {"skip": "SKIPPED"}.get(t.action, "PLANNED"), t.run_id) for t in tasks]
+    prepare(grid)
+    _ensure_store_dir(tracking_uri)
+    client = _client(tracking_uri)
+    tasks = plan(grid, tracking_uri, runs_dir, client, reevaluate)
+
+    from e4e import tracking
+
+    exp_id = tracking.get_or_create_experiment(client, grid.domain)
+    sha = tracking.git_sha(REPO_ROOT)
+    parent = client.create_run(exp_id, run_name=f"{grid.name}-{grid.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               tags={"grid": grid.name, "grid.parent": "true", "profile": grid.profile,
+                                     "domain": grid.domain, "git_sha": sha, "launcher": launcher,
+                                     "grid.file": grid.path})
+    parent_id = parent.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:   # the resolved grid, as run
+        (Path(tmp) / "grid.yaml").write_text(yaml.safe_dump(dataclasses.asdict(grid), sort_keys=False))
+        client.log_artifact(parent_id, str(Path(tmp) / "grid.yaml"))
+    for t in tasks:
+        t.experiment_id, t.parent_run_id = exp_id, parent_id
+    print(format_plan(grid, tasks), flush=True)
+    jobs = max(1, jobs)
+    make = LAUNCHERS.get(launcher)
+    if make is None:
+        raise GridError(f"unknown launcher {launcher!r}; known: {sorted(LAUNCHERS)}")
+    runner = make(jobs=jobs, folder=Path(runs_dir) / grid.domain / grid.name / "submitit", cluster=cluster,
+                  params=submitit_params or {})
+    results: dict[str, MemberResult] = {}
+    try:
+        _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, progress)
+    except KeyboardInterrupt:
+        client.set_terminated(parent_id, "KILLED")
+        raise
+    finally:
+        runner.close()
+    ordered = [results[t.member.name] for t in tasks]
+    failed = [r for r in ordered if r.status not in ("FINISHED", "SKIPPED")]
+    _log_parent_summary(client, parent_id, ordered)
+    client.set_tag(parent_id, "mlflow.note.content", parent_note(grid, client, ordered))
+    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+    return ordered
+
+
+def prepare(grid: GridSpec) -> None:
+    """Run each ``prepare`` command whose ``creates`` path is missing (e.g. render the synth data)."""
+    import shlex
+
+    for step in grid.prepare:
+        if Path(step["creates"]).exists():
+            continue
+        cmd = shlex.split(step["command"])
+        cmd = [sys.executable if cmd[0] in ("python", "python3") else cmd[0], *cmd[1:]]
+        print(f"preparing {step['creates']}: {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd).returncode
+        if rc != 0 or not Path(step["creates"]).exists():
+            raise GridError(f"prepare step failed (exit {rc}; {step['creates']} missing): {step['command']}")
+        print(f"prepared {step['creates']} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, progress) -> None:
+    from e4e.progress import Progress
+
+    by = {t.member.name: t for t in tasks}
+    pending = []
+    for t in tasks:
+        if t.action == "skip":
+            results[t.member.name] = MemberResult(t.member.name, "SKIPPED", t.run_id,
+                                                  checkpoint=_checkpoint_of(client, t))
+        elif t.action == "busy":
+            results[t.member.name] = MemberResult(t.member.name, "BUSY", t.run_id, error=t.error)
+        else:
+            pending.append(t)
+    running: dict[str, Any] = {}
+    bar = Progress(len(pending), f"grid {tasks[0].grid if tasks else ''}", unit="member",
+                   disable=not progress or not pending, min_interval=120)
+    ok = {"FINISHED", "SKIPPED"}
+    while pending or running:
+        for t in list(pending):
+            if len(running) >= jobs:
+                break
+            dep_res = [results.get(d) for d in t.member.depends_on]
+            if any(r is not None and r.status not in ok for r in dep_res):
+                bad = [d for d, r in zip(t.member.depends_on, dep_res) if r is not None and r.status not in ok]
+                pending.remove(t)
+                results[t.member.name] = _fail_unstarted(client, exp_id, t, parent_id, sha,
+                                                         f"DependencyFailed: {', '.join(bad)} did not finish")
+                bar.update(1)
+                continue
+            if any(r is None for r in dep_res):
+                continue
+            pending.remove(t)
+            t.dependencies = {d: results[d].checkpoint for d in t.member.depends_on if results[d].checkpoint}
+            t.threads = _threads_per_job(jobs) if jobs > 1 else None
+            claimed = _claim_run(client, exp_id, t, parent_id, sha)
+            if claimed is not None:   # another grid holds the member, or finished it since the plan
+                results[t.member.name] = claimed
+                bar.update(1)
+                continue
+            bar.set_postfix(running=t.member.name)
+            if bar.mode == "lines":
+                bar.write(f"  {t.member.name}: started ({ACTION_WORDS.get(t.action, t.action)})")
+            running[t.member.name] = runner.submit(run_member, t)
+        finished = [n for n, h in running.items() if h.done()]
+        if not finished:
+            time.sleep(runner.poll_s)
+            continue
+        for n in finished:
+            h = running.pop(n)
+            try:
+                res = h.result()
+            except Exception as exc:  # noqa: BLE001 - the worker process/job died
+                msg = f"{type(exc).__name__}: {exc}"
+                _mark_failed(client, by[n].run_id, msg, type(exc).__name__, "")
+                res = MemberResult(n, "FAILED", by[n].run_id, msg)
+            results[n] = res
+            bar.update(1)
+            bar.write(f"  {n}: {res.status} ({res.seconds:.0f}s)" + (f" — {res.error}" if res.error else ""))
+    bar.close()
+
+
+def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | None:
+    """Pick the member's run under its directory lock, so that two grids on one store never open
+    two runs for one member: look again for a run of this config (another grid may have opened or
+    finished one since the plan), else create it. Returns a result when there is nothing to start."""
+    from e4e.fileio import DirLock, LockedError
+
+    try:
+        with DirLock(t.out_dir):
+            prev = _latest_run(client, exp_id, t.grid, t.config_hash)
+            if prev is not None and prev.info.run_id != t.run_id:
+                t.run_id = prev.info.run_id
+                if prev.info.status == "FINISHED" and prev.data.tags.get(STAGE_TAG) == "done" and \
+                        t.action != "evaluate":
+                    return MemberResult(t.member.name, "SKIPPED", t.run_id, checkpoint=_checkpoint_of(client, t))
+                t.action = "resume"
+            if t.run_id is None:
+                t.run_id = _create_child(client, exp_id, t, parent_id, sha)
+            else:
+                client.set_tag(t.run_id, "git_sha", sha)
+                client.set_tag(t.run_id, "grid.last_parent", parent_id)
+            client.update_run(t.run_id, status="RUNNING")
+    except LockedError as exc:
+        return MemberResult(t.member.name, "BUSY", t.run_id, str(exc))
+    return None
+
+
+def _fail_unstarted(client, exp_id, t: MemberTask, parent_id, sha, msg) -> MemberResult:
+    if t.run_id is None:
+        t.run_id = _create_child(client, exp_id, t, parent_id, sha)
+    _mark_failed(client, t.run_id, msg, msg.split(":")[0], "")
+    return MemberResult(t.member.name, "FAILED", t.run_id, msg)
+
+
+def _checkpoint_of(client, t: MemberTask) -> str | None:
+    """Checkpoint of a finished member (its ``checkpoint`` tag, else the newest in its out_dir)."""
+    tag = client.get_run(t.run_id).data.tags.get("checkpoint") if t.run_id else None
+    if tag and Path(tag).exists():
+        return tag
+    with contextlib.suppress(FileNotFoundError):
+        return str(_summary_checkpoint(None, t))
+    return None
+
+
+
+
+
+
+
+
+def _log_parent_summary(client, parent_id: str, results: list[MemberResult]) -> None:
+    rows = [{"member": r.member, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 1),
+             "error": r.error} for r in results]
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "members.json"
+        p.write_text(json.dumps(rows, indent=1))
+        client.log_artifact(parent_id, str(p))
+    counts = {s: sum(r.status == s for r in results) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
+    for s, n in counts.items():
+        client.set_tag(parent_id, f"members.{s.lower()}", str(n))
