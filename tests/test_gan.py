@@ -278,6 +278,19 @@ if where == "after_save":   # last.pt replaced, MLflow not yet flushed
             os.kill(os.getpid(), signal.SIGKILL)
         return out
     gan.GANTrainer.save = save
+elif where == "writing":    # half of last.pt of step `at` written to its temporary file
+    import io
+    orig = torch.save
+    def save(obj, f, *a, **k):
+        if isinstance(obj, dict) and obj.get("step") == at and "g_ema" in obj and hasattr(f, "write"):
+            buf = io.BytesIO()
+            orig(obj, buf, *a, **k)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(obj, f, *a, **k)
+    torch.save = save
 else:                       # in the middle of a checkpoint interval
     orig = gan.GANTrainer.train_step
     def train_step(self):
@@ -290,9 +303,10 @@ gan.train(cfg, images=images)
 '''
 
 
-@pytest.mark.parametrize("where,at", [("after_save", 4), ("mid_interval", 5)])
+@pytest.mark.parametrize("where,at", [("after_save", 4), ("mid_interval", 5), ("writing", 6)])
 def test_kill9_resumes_to_identical_weights_and_logs_every_step_once(where, at, tmp_path):
-    """kill -9 right after ``last.pt`` is replaced (before the MLflow flush) or between checkpoints:
+    """kill -9 right after ``last.pt`` is replaced (before the MLflow flush), between checkpoints, or
+    half-way through writing the step-6 checkpoint (``last.pt`` stays the step-4 one):
     the resumed run ends with the uninterrupted run's weights, in the same MLflow run, every metric
     step exactly once."""
     pytest.importorskip("mlflow")
