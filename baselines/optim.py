@@ -31,7 +31,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from e4e.inverter import Inverter, register_inverter
+from e4e.inverters import Inverter, register_inverter
 from e4e.weights import WeightsMissingError
 
 
@@ -283,7 +283,7 @@ def projection_kwargs(pcfg, seed: int = 0) -> dict:
 
 def build_inverter(method: str, cfg, encoder_checkpoint: str | None = None, generator=None, device=None):
     """An optimisation inverter from a ``TrainConfig`` (its ``projection`` section and generator)."""
-    from e4e.inverter import get_inverter
+    from e4e.inverters import get_inverter
 
     if generator is None:
         from e4e.checkpoints import load_generator

@@ -75,7 +75,7 @@ def time_metrics(ctx, names) -> dict:
 
 
 def bench_synth(n: int, batch: int) -> dict:
-    from e4e.models.encoders import E4EInverter
+    from e4e.inverters.encoder import E4EInverter
     from e4e.models.stylegan2 import Generator
     from e4e.synth.gan import SYNTH_CHANNELS
     from metrics import EvalContext

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from e4e import weights
-from e4e.inverter import Inverter, get_inverter
-from e4e.methods import FAMILIES, METHODS, load_inverters
+from e4e.inverters import Inverter, get_inverter
+from e4e.inverters import FAMILIES, METHODS, load_inverters
 from e4e.models.stylegan2 import Generator, default_channels
 
 INVERTER_FORMAT = "e4e-lab-inverter"

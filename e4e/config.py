@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from e4e.methods import METHODS
+from e4e.inverters import METHODS
 
 
 class ConfigError(ValueError):
@@ -86,7 +86,9 @@ class LossConfig:
 
 @dataclass
 class DeltaRegConfig:
-    """L_d-reg: sum over active offsets of ||w_i - w_0||_2 (unsquared), batch mean. ``weight`` = lambda."""
+    """L_d-reg: sum over active offsets of ||w_i - w_0||_2 (unsquared), batch mean. ``weight`` = lambda.
+    On when ``enabled`` and ``weight > 0`` (the rule for every loss term: weight > 0, plus the switch
+    where there is one; the grid's ablations flip only ``enabled``)."""
 
     enabled: bool = True
     weight: float = 2e-4
@@ -94,7 +96,8 @@ class DeltaRegConfig:
 
 @dataclass
 class AdversarialConfig:
-    """Latent discriminator on the encoded codes (real = mapping(z)). ``weight`` = encoder lambda."""
+    """Latent discriminator on the encoded codes (real = mapping(z)). ``weight`` = encoder lambda; on
+    when ``enabled`` and ``weight > 0`` (no discriminator is built otherwise)."""
 
     enabled: bool = True
     weight: float = 0.1

@@ -53,7 +53,7 @@ def _size_hw(size) -> tuple[int, int]:
 def build_inverter(args, device):
     """(inverter, description) from the CLI arguments."""
     from e4e import config as C
-    from e4e.methods import load_inverters
+    from e4e.inverters import load_inverters
 
     load_inverters()
     if args.checkpoint and not args.method:

@@ -6,10 +6,10 @@ import argparse
 import pytest
 import torch
 
-import e4e.models.restyle  # noqa: F401
+import e4e.inverters.restyle  # noqa: F401
 from e4e.checkpoints import (generator_config, load_checkpoint, load_generator, load_inverter, save_generator,
                              save_inverter)
-from e4e.inverter import get_inverter
+from e4e.inverters import get_inverter
 from e4e.models.encoders import build_encoder
 from e4e.models.stylegan2 import Discriminator, Generator
 from e4e.weights import WeightsMissingError

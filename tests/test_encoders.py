@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import e4e.models.restyle  # noqa: F401  (registers restyle_*)
-from e4e.inverter import get_inverter
+import e4e.inverters.restyle  # noqa: F401  (registers restyle_*)
+from e4e.inverters import get_inverter
 from e4e.models.backbones import Backbone, ResNet34Trunk, torchvision_to_restyle
 from e4e.models.encoders import (ENCODERS, Encoder4Editing, GradualStyleBlock, ProgressiveBackboneEncoder,
                                  build_encoder, fit_to_input)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines import optim as O
-from e4e.inverter import INVERTERS, Inverter
+from e4e.inverters import INVERTERS, Inverter
 from e4e.models.stylegan2 import Generator
 from e4e.weights import WeightsMissingError, locate
 

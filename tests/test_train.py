@@ -101,8 +101,8 @@ def test_progressive_stages_switch_at_configured_steps(gen, images, mlflow_uri, 
 
 
 def test_progressive_stage_controls_the_offsets(gen, images):
-    from e4e.inverter import get_inverter
-    from e4e.methods import load_inverters
+    from e4e.inverters import get_inverter
+    from e4e.inverters import load_inverters
     from e4e.train import set_stage
 
     load_inverters()
@@ -131,6 +131,17 @@ def test_ablation_switches(delta, adv, prog, gen, images, mlflow_uri, tmp_path):
     assert values(s["run_id"], "train/progressive_stage") == ([0, 1] if prog else [7, 7])
     if delta and not prog:  # all offsets active from step 0: the regulariser acts on every row
         assert values(s["run_id"], "train/loss_delta_reg")[0] > 0
+
+
+def test_a_zero_weight_switches_a_term_off_like_enabled_false(gen, images, mlflow_uri, tmp_path):
+    """One rule: a loss term is on when its weight is > 0 and its switch (where it has one) is on."""
+    train_set, val_set = datasets(images)
+    s = train(tiny_cfg(tmp_path, "e4e", "max_steps=2", "delta_reg.weight=0", "adversarial.weight=0",
+                       "progressive.enabled=false"), generator=gen, train_set=train_set, val_set=val_set)
+    keys = set(T.get_client().get_run(s["run_id"]).data.metrics)
+    assert "train/loss" in keys
+    assert not keys & {"train/loss_delta_reg", "train/loss_adv", "train/loss_d", "train/loss_r1"}, keys
+    assert load_training_checkpoint(tmp_path / "last.pt")["disc"] is None   # no discriminator was built
 
 
 @pytest.mark.parametrize("method", ["e4e", "restyle_e4e"])

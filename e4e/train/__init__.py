@@ -3,7 +3,7 @@
 Methods: ``e4e`` (Encoder4Editing), ``psp`` (GradualStyleEncoder, W+), ``w_encoder`` (one W code
 repeated), ``restyle_e4e`` / ``restyle_psp`` (N refinement iterations per batch, each iteration's
 loss back-propagated, one optimizer step per batch: official ReStyle). The inverter is built by name
-from the registry (``e4e.inverter``); the generator is frozen.
+from the registry (``e4e.inverters``); the generator is frozen.
 
 Per step (0-based index ``s``):
 1. progressive stage = f(s) (pure function of the step, so resume is exact); stage k activates

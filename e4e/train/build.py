@@ -12,7 +12,7 @@ from torch import nn
 
 from e4e import checkpoints as CK
 from e4e import config as C
-from e4e.methods import TRAINED_METHODS, load_inverters
+from e4e.inverters import TRAINED_METHODS, load_inverters
 
 
 ENCODER_METHODS = TRAINED_METHODS
@@ -79,7 +79,7 @@ def default_out_dir(cfg: C.TrainConfig) -> Path:
 
 
 def _build_inverter(cfg: C.TrainConfig, generator, latent_avg, input_size):
-    from e4e.inverter import get_inverter
+    from e4e.inverters import get_inverter
 
     load_inverters()
     factory = get_inverter(cfg.model.method)

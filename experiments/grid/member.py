@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from e4e.methods import OPTIM_METHODS, TRAINED_METHODS
+from e4e.inverters import OPTIM_METHODS, TRAINED_METHODS
 
 from experiments.grid.spec import GridError, GridSpec, STAGE_TAG, SWITCH_WORDS, TEST_PREFIX, resolve_config
 from experiments.grid.plan import MemberResult, MemberTask, _client

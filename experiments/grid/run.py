@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from e4e.methods import OPTIM_METHODS
+from e4e.inverters import OPTIM_METHODS
 from e4e.tracking import DEFAULT_TRACKING_URI
 
 from experiments.grid.spec import DEFAULT_RUNS_DIR, GridError, GridSpec, METHOD_WORDS, REPO_ROOT, STAGE_TAG, SWITCH_WORDS

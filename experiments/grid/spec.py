@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from e4e.methods import METHODS
+from e4e.inverters import METHODS
 
 DEFAULT_RUNS_DIR = "runs"
 STAGE_TAG = "grid.stage"

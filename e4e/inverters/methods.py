@@ -53,11 +53,11 @@ del _m
 
 
 def load_inverters() -> dict:
-    """Import the modules that register the trained methods' inverters (``e4e.models.encoders``,
-    ``e4e.models.restyle``) and return the registry. The optimisation baselines register when
+    """Import the modules that register the trained methods' inverters (``e4e.inverters.encoder``,
+    ``e4e.inverters.restyle``) and return the registry. The optimisation baselines register when
     ``baselines.optim`` is imported, which only the experiments do (imports run downward)."""
-    import e4e.models.encoders  # noqa: F401
-    import e4e.models.restyle  # noqa: F401
-    from e4e.inverter import INVERTERS
+    import e4e.inverters.encoder  # noqa: F401
+    import e4e.inverters.restyle  # noqa: F401
+    from e4e.inverters.base import INVERTERS
 
     return INVERTERS

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from e4e.inverter import register_inverter
-from e4e.models.encoders import EncoderInverter, fit_to_input
+from e4e.inverters.base import register_inverter
+from e4e.inverters.encoder import EncoderInverter
+from e4e.models.encoders import fit_to_input
 
 
 class ReStyleInverter(EncoderInverter):
