@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # the demo's tables/figures/notebooks go here (untracked); `make report` refreshes the tracked reports/
 DEMO_REPORTS ?= runs/reports
 
-.PHONY: help install demo test test-fast report realism-gap ui weights synth-data bench
+.PHONY: help install demo test test-fast report realism-gap convergence ui weights synth-data bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: install  ## train + evaluate the synth ablation grid (demo profile, < 25 m
 realism-gap: install  ## W encoder, e4e and pSp at three realism gaps (synth; ~50 min on 2 cores) + its figure
 	$(BIN)/python -m experiments.grid run experiments/grids/realism_gap.yaml
 	$(BIN)/python -m experiments.report --experiment synth --grid realism_gap --notebooks 06_realism_gap.ipynb --out reports
+
+# the demo's W encoder, e4e and pSp at 1200 / 2400 / 4800 steps (how far the demo is from converged)
+convergence: install  ## the demo's three main members trained 1200, 2400 and 4800 steps (synth; ~45 min on 2 cores) + its figure
+	$(BIN)/python -m experiments.grid run experiments/grids/convergence.yaml
+	$(BIN)/python -m experiments.report --experiment synth --grid convergence --notebooks 07_convergence.ipynb --out reports
 
 test: install  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

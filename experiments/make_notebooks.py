@@ -270,6 +270,38 @@ print("wrote", R.save_figure(fig, "realism_gap", OUT))
 plt.show()
 """),
     ],
+    "07_convergence": [
+        ("md", "# How far from converged: the demo's main members trained longer\n\nThe members of the "
+               "`convergence` grid (`make convergence`): the synth demo's W encoder, e4e and pSp (same data and "
+               "settings; the 1200-step members are the demo's own configurations) trained 1200, 2400 and 4800 "
+               "steps. One line per method; the step count is read from the member name (`<method>-s<steps>`). "
+               "`w recovery (pixels)` is the MSE of G(ŵ) against G(w) on generator samples: the reconstruction "
+               "error where a perfect inverter exists.\n\n" + PARAMS_MD),
+        ("code", SETUP),
+        ("code", """\
+summary = R.summary_table(table).reset_index()
+summary["steps"] = summary["member"].str.extract(r"-s([0-9]+)$", expand=False).astype(float)
+summary = summary.dropna(subset=["steps"]).sort_values(["method", "steps"])
+assert not summary.empty, "no convergence members (run `make convergence`, or pass --grid convergence)"
+if "w_recovery_l2" in table:
+    summary["w recovery (pixels) ↓"] = summary["member"].map(table["w_recovery_l2"])
+R.write_table(summary.set_index("member"), "convergence", OUT,
+              f"Experiment `{EXPERIMENT}`: W encoder, e4e and pSp of the synth demo per training length.")
+summary
+"""),
+        ("code", """\
+panels = [c for c in ("L2 ↓", "w recovery ↓", "w recovery (pixels) ↓", "edit leak ↓", "LEC ↓", "dist. to W (PCA) ↓")
+          if c in summary and summary[c].notna().any()]
+fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+for ax, col in zip(axes[0], panels):
+    sns.lineplot(data=summary, x="steps", y=col, hue="method", style="method", markers=True, dashes=False,
+                 ax=ax, legend=ax is axes[0][0])
+    ax.set_xscale("log", base=2); ax.set_title(col, fontsize=10); ax.set_ylabel("")
+fig.tight_layout()
+print("wrote", R.save_figure(fig, "convergence", OUT))
+plt.show()
+"""),
+    ],
 }
 
 

@@ -58,7 +58,7 @@ NOTEBOOKS = (
     "05_distributions.ipynb",
 )
 # notebooks of other grids, run by name (`make realism-gap`: --grid realism_gap --notebooks 06_...)
-GRID_NOTEBOOKS = {"realism_gap": ("06_realism_gap.ipynb",)}
+GRID_NOTEBOOKS = {"realism_gap": ("06_realism_gap.ipynb",), "convergence": ("07_convergence.ipynb",)}
 
 # metric name (without the test/ prefix) -> the paper's axis it measures. First match wins.
 METRIC_GROUPS: dict[str, re.Pattern] = {

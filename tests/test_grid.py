@@ -519,3 +519,24 @@ def test_two_grids_at_once_on_one_store(assets, tmp_path):
         assert T_steps(c, r.info.run_id, "train/loss") == list(range(1, 9))
     again = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
     assert [a.status for a in again] == ["SKIPPED", "SKIPPED"]
+
+
+def test_convergence_grid_extends_the_demos_main_members_and_only_their_steps():
+    """The 1200-step members are the demo's e4e, pSp and W encoder exactly (same config hash); the
+    longer ones differ from them in max_steps alone (out_dir aside)."""
+    from e4e import config as C
+
+    demo = G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo")
+    conv = G.load_grid(GRIDS / "convergence.yaml")
+    demo_hash = {m.name: G.config_hash(G.resolve_config(demo, m)) for m in demo.members}
+    flat = {m.name: C.to_flat_dict(G.resolve_config(conv, m)) for m in conv.members}
+    assert [m.name for m in conv.members][:3] == ["w_encoder-s4800", "e4e-s4800", "psp-s4800"]
+    assert len(flat) == 9
+    for name, cfg in flat.items():
+        method, steps = name.rsplit("-s", 1)
+        assert cfg["max_steps"] == int(steps) and cfg["model.method"] == method
+        differ = {k for k in cfg if cfg[k] != flat[f"{method}-s1200"][k]} - {"out_dir"}
+        assert differ == (set() if steps == "1200" else {"max_steps"}), (name, differ)
+    for method in ("e4e", "psp", "w_encoder"):
+        assert G.config_hash(G.resolve_config(conv, next(m for m in conv.members if m.name == f"{method}-s1200"))) \
+            == demo_hash[method]
