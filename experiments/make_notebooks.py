@@ -275,22 +275,20 @@ plt.show()
                "`convergence` grid (`make convergence`): the synth demo's W encoder, e4e and pSp (same data and "
                "settings; the 1200-step members are the demo's own configurations) trained 1200, 2400 and 4800 "
                "steps. One line per method; the step count is read from the member name (`<method>-s<steps>`). "
-               "`w recovery (pixels)` is the MSE of G(ŵ) against G(w) on generator samples: the reconstruction "
-               "error where a perfect inverter exists.\n\n" + PARAMS_MD),
+               "`w recovery, pixels` is the MSE of G(ŵ) against G(w) on generator samples divided by that of "
+               "G(w_avg): the reconstruction error where a perfect inverter exists, 1 = the mean guess.\n\n" + PARAMS_MD),
         ("code", SETUP),
         ("code", """\
 summary = R.summary_table(table).reset_index()
 summary["steps"] = summary["member"].str.extract(r"-s([0-9]+)$", expand=False).astype(float)
 summary = summary.dropna(subset=["steps"]).sort_values(["method", "steps"])
 assert not summary.empty, "no convergence members (run `make convergence`, or pass --grid convergence)"
-if "w_recovery_l2" in table:
-    summary["w recovery (pixels) ↓"] = summary["member"].map(table["w_recovery_l2"])
 R.write_table(summary.set_index("member"), "convergence", OUT,
               f"Experiment `{EXPERIMENT}`: W encoder, e4e and pSp of the synth demo per training length.")
 summary
 """),
         ("code", """\
-panels = [c for c in ("L2 ↓", "w recovery ↓", "w recovery (pixels) ↓", "edit leak ↓", "LEC ↓", "dist. to W (PCA) ↓")
+panels = [c for c in ("L2 ↓", "w recovery ↓", "w recovery, pixels ↓", "edit leak ↓", "LEC ↓", "dist. to W (PCA) ↓")
           if c in summary and summary[c].notna().any()]
 fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
 for ax, col in zip(axes[0], panels):

@@ -188,6 +188,7 @@ SUMMARY_COLUMNS: dict[str, tuple[str, ...]] = {
     "dist. to W ↓": (r"latent_dist_w",),   # not its _ref / _nn / _row<i> companions
     "dist. to W (PCA) ↓": (r"latent_dist_w_pca\d+",),
     "w recovery ↓": (r"w_recovery",),      # inverting G(w): 0 = the true w, 1 = W's mean
+    "w recovery, pixels ↓": (r"w_recovery_l2_ratio",),  # G(w) reconstructed: 0 = exactly, 1 = as the mean
 }
 
 
@@ -198,6 +199,7 @@ SUMMARY_KEYS: dict[str, str] = {
     "LEC ↓": "lec", "LEC img ↓": "lec_img", "LEC feat ↓": "lec_feat", "edit gain ↑": "edit_gain",
     "edit leak ↓": "edit_leak", "edit FID ↓": "edit_fid", "dist. to W ↓": "dist_w",
     "dist. to W (PCA) ↓": "dist_w_pca", "w recovery ↓": "w_recovery",
+    "w recovery, pixels ↓": "w_recovery_px",
 }
 
 

@@ -41,6 +41,9 @@ v each, E[J^T v v^T J] = J^T J; cached on disk keyed by the generator's weights)
   ``w_recovery_mean_guess`` its parts), dominated by directions the image does not show.
 - ``w_recovery_l2``: per-pixel MSE of G(w_hat) against G(w) (the reconstruction of those samples):
   a low value beside a ratio near 1 means distant codes give the same image (w is not identifiable).
+  ``w_recovery_l2_mean_guess``: the same MSE for G(w_avg); ``w_recovery_l2_ratio`` = the two's quotient
+  (0 = the samples reconstructed exactly, 1 = no better in pixels than the mean guess): whether the
+  encoder inverts its own generator's range in image terms, whatever code it reaches it by.
 It asks whether an encoder inverts its own generator, which the realism gap does not affect.
 """
 from __future__ import annotations
@@ -199,7 +202,7 @@ def w_recovery(ctx: EvalContext) -> MetricResult:
     mu = _reference(ctx)["mu"].float()
     gram = image_gram(ctx)
     z = torch.randn(n, gen.style_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
-    dist, guess, dist_m, guess_m, l2 = [], [], [], [], []
+    dist, guess, dist_m, guess_m, l2, l2_guess = [], [], [], [], [], []
     for zc in z.split(ctx.batch_size):
         with torch.no_grad():
             w = gen.mapping(zc.to(ctx.device))
@@ -207,6 +210,8 @@ def w_recovery(ctx: EvalContext) -> MetricResult:
         codes = ctx.inverter.invert(x).detach()
         with torch.no_grad():
             l2.append(l2_per_image(resize_like(ctx.inverter.generate(codes), ctx.image_hw).float().cpu(), x.float().cpu()))
+            x_mu = _synthesise(ctx, mu.to(w).expand_as(w))
+            l2_guess.append(l2_per_image(x_mu.float().cpu(), x.float().cpu()))
         codes, w = codes.float().cpu(), w.float().cpu()
         diff, off = codes - w[:, None], mu - w
         dist.append(diff.norm(dim=-1).mean(1))
@@ -215,5 +220,7 @@ def w_recovery(ctx: EvalContext) -> MetricResult:
         guess_m.append(_m_norm(off, gram))
     d, g = torch.cat(dist).mean().item(), torch.cat(guess).mean().item()
     dm, gm = torch.cat(dist_m).mean().item(), torch.cat(guess_m).mean().item()
+    l2, l2_guess = torch.cat(l2).mean().item(), torch.cat(l2_guess).mean().item()
     return MetricResult({"w_recovery": dm / gm, "w_recovery_full": d / g, "w_recovery_dist": d,
-                         "w_recovery_mean_guess": g, "w_recovery_l2": torch.cat(l2).mean().item()})
+                         "w_recovery_mean_guess": g, "w_recovery_l2": l2, "w_recovery_l2_mean_guess": l2_guess,
+                         "w_recovery_l2_ratio": l2 / l2_guess})

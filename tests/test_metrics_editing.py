@@ -230,6 +230,10 @@ def test_w_recovery_zero_for_the_true_code_one_for_the_mean_guess():
     assert mean["w_recovery"] == pytest.approx(1.0, abs=0.02)   # reference mean vs the true mean
     assert 0.05 < noisy["w_recovery"] < 1
     assert exact["w_recovery_l2"] == 0 and exact["w_recovery_full"] < 1e-6
+    assert exact["w_recovery_l2_ratio"] == 0 and exact["w_recovery_l2_mean_guess"] > 0
+    assert mean["w_recovery_l2"] == pytest.approx(mean["w_recovery_l2_mean_guess"], rel=0.05)  # ref vs true mean
+    assert mean["w_recovery_l2_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert 0 < noisy["w_recovery_l2_ratio"] < mean["w_recovery_l2_ratio"]
 
 
 class PartialGenerator(TanhGenerator):
