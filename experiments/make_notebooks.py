@@ -281,7 +281,7 @@ plt.show()
         ("code", """\
 summary = R.summary_table(table).reset_index()
 summary["steps"] = summary["member"].str.extract(r"-s([0-9]+)$", expand=False).astype(float)
-summary = summary.dropna(subset=["steps"]).sort_values(["method", "steps"])
+summary = summary.dropna(subset=["steps"]).astype({"steps": int}).sort_values(["method", "steps"])
 assert not summary.empty, "no convergence members (run `make convergence`, or pass --grid convergence)"
 R.write_table(summary.set_index("member"), "convergence", OUT,
               f"Experiment `{EXPERIMENT}`: W encoder, e4e and pSp of the synth demo per training length.")
@@ -290,11 +290,13 @@ summary
         ("code", """\
 panels = [c for c in ("L2 ↓", "w recovery ↓", "w recovery, pixels ↓", "edit leak ↓", "LEC ↓", "dist. to W (PCA) ↓")
           if c in summary and summary[c].notna().any()]
+steps = sorted(summary["steps"].unique())
 fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
 for ax, col in zip(axes[0], panels):
     sns.lineplot(data=summary, x="steps", y=col, hue="method", style="method", markers=True, dashes=False,
                  ax=ax, legend=ax is axes[0][0])
-    ax.set_xscale("log", base=2); ax.set_title(col, fontsize=10); ax.set_ylabel("")
+    ax.set_xscale("log"); ax.minorticks_off(); ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_title(col, fontsize=10); ax.set_ylabel("")
 fig.tight_layout()
 print("wrote", R.save_figure(fig, "convergence", OUT))
 plt.show()
