@@ -36,7 +36,7 @@ realism-gap: install  ## W encoder, e4e and pSp at three realism gaps (synth; ~5
 	$(BIN)/python -m experiments.report --experiment synth --grid realism_gap --notebooks 06_realism_gap.ipynb --out reports
 
 # the demo's W encoder, e4e and pSp at 1200 / 2400 / 4800 steps (how far the demo is from converged)
-convergence: install  ## the demo's three main members trained 1200, 2400 and 4800 steps (synth; ~45 min on 2 cores) + its figure
+convergence: install  ## the demo's three main members trained 1200, 2400 and 4800 steps (synth; ~60 min on 2 cores) + its figure
 	$(BIN)/python -m experiments.grid run experiments/grids/convergence.yaml
 	$(BIN)/python -m experiments.report --experiment synth --grid convergence --notebooks 07_convergence.ipynb --out reports
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "e4e" / "synth" / "assets" / "generator_synth64.pt"
-FLAGS = {"fp32": [], "compile": ["compile=true"], "bf16": ["precision=bf16"]}
+FLAGS = {"fp32": [], "compile": ["compile=true"], "bf16": ["precision=bf16"],
+         "bf16+compile": ["precision=bf16", "compile=true"]}
 
 
 def worker(args) -> dict:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (a demo member uses 1)")
     ap.add_argument("--variants", nargs="+", default=["ref:fp32", "this:fp32", "this:compile"],
-                    help="<ref|this>:<fp32|compile|bf16>; the first ref variant is the baseline")
+                    help="<ref|this>:<fp32|compile|bf16|bf16+compile>; the first ref variant is the baseline")
     ap.add_argument("--json", default="", help="also write the results here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", default="", help=argparse.SUPPRESS)

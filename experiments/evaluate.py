@@ -122,8 +122,35 @@ def log_results(client, run_id: str, values: dict, per_image: dict, unavailable:
     for i in range(0, max(len(metrics), 1), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
     with tempfile.TemporaryDirectory() as tmp:
-        write_outputs(Path(tmp), values, per_image, unavailable, extra)
-        client.log_artifacts(run_id, tmp, artifact_path)
+        values, per_image, unavailable, extra = merge_with_logged(client, run_id, artifact_path, Path(tmp) / "old",
+                                                                  values, per_image, unavailable, extra)
+        write_outputs(Path(tmp) / "new", values, per_image, unavailable, extra)
+        client.log_artifacts(run_id, str(Path(tmp) / "new"), artifact_path)
+
+
+def merge_with_logged(client, run_id: str, artifact_path: str, tmp: Path, values: dict, per_image: dict,
+                      unavailable: dict, extra: dict | None):
+    """This evaluation's results over the ones already in the run's ``<artifact_path>/`` files: a
+    re-evaluation of some metrics (``--eval metrics=[...]``) replaces those and keeps the rest, so no
+    earlier value or per-image list is lost."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    missing = (MlflowException, OSError, ValueError)  # not logged yet, or unreadable: nothing to keep
+    try:
+        old = json.loads(Path(client.download_artifacts(run_id, f"{artifact_path}/metrics.json", str(tmp))).read_text())
+    except missing:
+        return values, per_image, unavailable, extra
+    try:
+        frame = pd.read_csv(client.download_artifacts(run_id, f"{artifact_path}/per_image.csv", str(tmp)))
+        old_per_image = {c: frame[c].tolist() for c in frame.columns if c != "image"}
+    except missing:
+        old_per_image = {}
+    done = set(values) | set(unavailable)
+    merged_values = {**{k: v for k, v in (old.get("values") or {}).items() if k not in done}, **values}
+    merged_unavailable = {**{k: v for k, v in (old.get("unavailable") or {}).items() if k not in done}, **unavailable}
+    keep = {k: v for k, v in old.items() if k not in ("values", "unavailable")}
+    return merged_values, {**old_per_image, **per_image}, merged_unavailable, {**keep, **(extra or {})}
 
 
 def new_values(client, run_id: str, values: dict) -> list[tuple[str, float]]:

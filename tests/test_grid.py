@@ -3,6 +3,7 @@ MLflow store (skip finished, resume a killed member into the same run, a failing
 processes, the submitit local executor, the notebooks on the result)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -405,6 +406,30 @@ def test_reevaluation_on_another_size_is_kept_apart(tiny):
     assert after.data.metrics["test/l2"] == before.data.metrics["test/l2"]       # the 8-image values stay
     assert "test_n4/l2" in after.data.metrics and after.data.tags["eval.n_images"] == "8"
     assert {a.path for a in c.list_artifacts(after.info.run_id, "eval_n4")} >= {"eval_n4/per_image.csv"}
+
+
+def test_reevaluating_some_metrics_keeps_the_other_values_and_per_image_lists(tiny, tmp_path):
+    """`--reevaluate --eval metrics=[l2]` replaces l2 and loses nothing else the run's eval/ holds."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tiny["uri"])
+    run_id = {r.data.tags["member"]: r for r in child_runs(tiny["uri"], "tiny")}["e4e"].info.run_id
+
+    def logged(tag):
+        d = tmp_path / tag
+        d.mkdir()
+        values = json.loads(open(c.download_artifacts(run_id, "eval/metrics.json", str(d))).read())["values"]
+        return values, pd.read_csv(c.download_artifacts(run_id, "eval/per_image.csv", str(d)))
+
+    before, frame = logged("before")
+    assert len(before) > 2 and "l2" in frame.columns and len(frame.columns) > 2
+    grid = G.load_grid(tiny["path"], only=["e4e"], eval_overrides={"metrics": ["l2"]})
+    (res,) = G.run_grid(grid, tiny["uri"], tiny["runs_dir"], reevaluate=True, progress=False)
+    assert res.status == "FINISHED"
+    after, frame_after = logged("after")
+    assert after == before                                          # same seeds: the same values, all kept
+    pd.testing.assert_frame_equal(frame_after[frame.columns], frame)
 
 
 def test_report_refuses_to_mix_sample_sizes(tmp_path):
