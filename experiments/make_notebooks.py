@@ -258,14 +258,7 @@ R.write_table(summary.set_index("member"), "realism_gap", OUT,
 summary
 """),
         ("code", """\
-panels = [c for c in ("L2 ↓", "LEC img ↓", "LEC ↓", "edit leak ↓", "edit FID ↓", "dist. to W (PCA) ↓")
-          if c in summary and summary[c].notna().any()]
-fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
-for ax, col in zip(axes[0], panels):
-    sns.lineplot(data=summary, x="gap", y=col, hue="method", style="method", markers=True, dashes=False,
-                 ax=ax, legend=ax is axes[0][0])
-    ax.set_title(col, fontsize=10); ax.set_ylabel("")
-fig.tight_layout()
+fig = R.method_lines(summary, "gap", ("L2 ↓", "LEC img ↓", "LEC ↓", "edit leak ↓", "edit FID ↓", "dist. to W (PCA) ↓"))
 print("wrote", R.save_figure(fig, "realism_gap", OUT))
 plt.show()
 """),
@@ -288,16 +281,8 @@ R.write_table(summary.set_index("member"), "convergence", OUT,
 summary
 """),
         ("code", """\
-panels = [c for c in ("L2 ↓", "w recovery ↓", "w recovery, pixels ↓", "edit leak ↓", "LEC ↓", "dist. to W (PCA) ↓")
-          if c in summary and summary[c].notna().any()]
-steps = sorted(summary["steps"].unique())
-fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
-for ax, col in zip(axes[0], panels):
-    sns.lineplot(data=summary, x="steps", y=col, hue="method", style="method", markers=True, dashes=False,
-                 ax=ax, legend=ax is axes[0][0])
-    ax.set_xscale("log"); ax.minorticks_off(); ax.set_xticks(steps, [str(s) for s in steps])
-    ax.set_title(col, fontsize=10); ax.set_ylabel("")
-fig.tight_layout()
+fig = R.method_lines(summary, "steps", ("L2 ↓", "w recovery ↓", "w recovery, pixels ↓", "edit leak ↓", "LEC ↓",
+                                        "dist. to W (PCA) ↓"), log_x=True)
 print("wrote", R.save_figure(fig, "convergence", OUT))
 plt.show()
 """),

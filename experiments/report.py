@@ -36,7 +36,7 @@ from e4e.cli import HelpFormatter
 __all__ = [
     "DEFAULT_TRACKING_URI", "METRIC_GROUPS", "SUMMARY_COLUMNS", "summarize", "summary_table", "mean_of", "NOTEBOOKS", "TEST_PREFIX", "tracking_uri", "experiment_name",
     "reports_dir", "grid_filter", "member_runs", "metric_columns", "metric_table", "group_of", "to_markdown",
-    "write_table", "per_image", "qualitative", "training_history", "training_keys", "save_figure",
+    "write_table", "per_image", "qualitative", "training_history", "training_keys", "save_figure", "method_lines",
     "execute_notebooks", "main",
 ]
 
@@ -319,6 +319,25 @@ def display(path) -> Path | str:
         return p.resolve().relative_to(Path.cwd().resolve()) if p.is_absolute() else p
     except ValueError:
         return p
+
+
+def method_lines(summary: pd.DataFrame, x: str, columns: Iterable[str], log_x: bool = False):
+    """One panel per summary column that has a value, one line per method against ``x`` (the
+    realism-gap and convergence figures); ``log_x`` puts ``x`` on a log axis ticked at its values."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = [c for c in columns if c in summary and summary[c].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    ticks = sorted(summary[x].unique())
+    for ax, col in zip(axes[0], panels):
+        sns.lineplot(data=summary, x=x, y=col, hue="method", style="method", markers=True, dashes=False,
+                     ax=ax, legend=ax is axes[0][0])
+        if log_x:
+            ax.set_xscale("log"); ax.minorticks_off(); ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_title(col, fontsize=10); ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
 
 
 def save_figure(fig, name: str, out: Path | None = None, dpi: int = 150) -> Path:

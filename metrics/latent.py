@@ -202,6 +202,7 @@ def w_recovery(ctx: EvalContext) -> MetricResult:
     mu = _reference(ctx)["mu"].float()
     gram = image_gram(ctx)
     z = torch.randn(n, gen.style_dim, generator=torch.Generator().manual_seed(ctx.seed + 1))
+    x_mu = _synthesise(ctx, mu[None].to(ctx.device)).float().cpu()  # the mean guess's image, once
     dist, guess, dist_m, guess_m, l2, l2_guess = [], [], [], [], [], []
     for zc in z.split(ctx.batch_size):
         with torch.no_grad():
@@ -210,8 +211,7 @@ def w_recovery(ctx: EvalContext) -> MetricResult:
         codes = ctx.inverter.invert(x).detach()
         with torch.no_grad():
             l2.append(l2_per_image(resize_like(ctx.inverter.generate(codes), ctx.image_hw).float().cpu(), x.float().cpu()))
-            x_mu = _synthesise(ctx, mu.to(w).expand_as(w))
-            l2_guess.append(l2_per_image(x_mu.float().cpu(), x.float().cpu()))
+            l2_guess.append(l2_per_image(x_mu.expand(len(x), -1, -1, -1), x.float().cpu()))
         codes, w = codes.float().cpu(), w.float().cpu()
         diff, off = codes - w[:, None], mu - w
         dist.append(diff.norm(dim=-1).mean(1))

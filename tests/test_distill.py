@@ -156,4 +156,3 @@ def test_cli_reads_exponent_floats(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "nope" in err and "lr" not in err.split("valid")[0]
-
