@@ -4,6 +4,7 @@ of bf16 against fp32 on one fixed batch.
 
     python -m bench.bench_step [--method e4e] [--steps 30] [--rounds 2] [--threads 1]
         [--variants fp32 bf16 compile bf16+compile] [--json out.json]
+    python -m bench.bench_step --profile [--steps 12]      # where the fp32 step's operator time goes
 
 Config: the synth demo member (``experiments/configs/synth.yaml`` + the method's file, batch 8, the
 small encoder preset, the pretrained synth trunk; L2 + the attribute-net LPIPS-style term + the
@@ -13,6 +14,9 @@ trainer's per-step times (``sec_per_step_median``: encoder forward/backward, lat
 optimiser step) and the first step's time (``compile``'s warm-up lands there). ``ratio`` = fp32
 median / variant median in the same round. Accuracy: the loss and the encoder's gradient of one
 batch from one initial state under fp32 and bf16 autocast (relative L2 difference and cosine).
+``--profile``: the fp32 variant once under ``torch.profiler``; the operators' self time grouped into
+convolutions (forward and backward), element-wise arithmetic, matrix products and the rest, then the
+top operators.
 """
 from __future__ import annotations
 
@@ -96,6 +100,51 @@ def bf16_accuracy(method: str, generator, images) -> dict:
             "grad_cosine": float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))}
 
 
+# operator name (without "aten::") -> group, for the profile's summary; everything else is "other"
+OP_GROUPS = {
+    "convolution": ("convolution_backward", "mkldnn_convolution", "_convolution", "convolution",
+                    "_slow_conv2d_forward", "_slow_conv2d_backward", "conv2d", "conv_transpose2d"),
+    "element-wise": ("mul", "mul_", "add", "add_", "sub", "div", "div_", "leaky_relu", "leaky_relu_backward",
+                     "pow", "sqrt", "rsqrt", "addcdiv_", "addcmul_", "lerp_", "neg", "clamp", "where"),
+    "matrix product": ("mm", "addmm", "bmm", "linear", "matmul"),
+    "memory (copy/fill/alloc)": ("copy_", "fill_", "zero_", "empty", "empty_strided", "_to_copy", "clone",
+                                 "contiguous", "cat", "stack"),
+}
+
+
+def op_shares(self_us: dict) -> dict:
+    """{operator: self microseconds} -> {group: share of the total}, groups of ``OP_GROUPS`` + "other"."""
+    group_of = {op: g for g, ops in OP_GROUPS.items() for op in ops}
+    total = sum(self_us.values())
+    shares = {g: 0.0 for g in [*OP_GROUPS, "other"]}
+    for op, us in self_us.items():
+        shares[group_of.get(op.removeprefix("aten::"), "other")] += us / total if total else 0.0
+    return shares
+
+
+def profile_step(method: str, steps: int, images, generator, top: int = 15) -> dict:
+    """Train the fp32 variant ``steps`` steps under the profiler; grouped shares and the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as tmp, profile(activities=[ProfilerActivity.CPU]) as prof:
+        s = run_variant(method, "fp32", steps, images, generator, Path(tmp), 0)
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    ranked = sorted(ops.items(), key=lambda kv: -kv[1])[:top]
+    return {"s_per_step": s["median"], "shares": op_shares(ops), "total_self_s": sum(ops.values()) / 1e6,
+            "top": [{"op": k, "self_s": v / 1e6} for k, v in ranked]}
+
+
+def print_profile(res: dict):
+    print(f"fp32 step under the profiler: {res['s_per_step']:.4f} s/step (median); "
+          f"operators' self time {res['total_self_s']:.2f} s in all")
+    print("| group | share of operator self time |\n|---|---|")
+    for g, share in res["shares"].items():
+        print(f"| {g} | {100 * share:.1f} % |")
+    print("| operator | self s | share |\n|---|---|---|")
+    for t in res["top"]:
+        print(f"| {t['op']} | {t['self_s']:.3f} | {100 * t['self_s'] / res['total_self_s']:.1f} % |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.bench_step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,9 +155,17 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                    help="variants; fp32 is always run (default: all)")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the fp32 step instead (--steps steps, one run; default: off)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     g, images = demo_generator_and_images(64)
+    if a.profile:
+        res = profile_step(a.method, a.steps, images, g)
+        print_profile(res)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return res
     variants = ["fp32"] + [v for v in a.variants if v != "fp32"]
     rows = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
