@@ -1,5 +1,6 @@
 """On-disk cache of evaluation references that do not depend on the inverter (the W reference of
-``latent_dist_w*``, generator-sample features of ``edit_fid_*``, the real set's FID features): every
+``latent_dist_w*``, generator-sample features of ``edit_fid_*``, the attribute readings of
+``edit_<attr>``'s reference samples, the real set's FID features): every
 member of a grid evaluated against the same generator and data reads them instead of rebuilding them.
 
 Root: ``options['cache_dir']``, else ``$E4E_CACHE``, else ``~/.cache/e4e-lab``. A file's name is a
@@ -35,6 +36,14 @@ def module_digest(module: torch.nn.Module) -> str:
         t = value.detach().cpu().contiguous().reshape(-1)
         h.update(f"{key}:{tuple(value.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """Content hash of one tensor (shape, dtype and bytes)."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha1(f"{tuple(t.shape)}:{t.dtype}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
 
 

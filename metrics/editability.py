@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metrics.cache import generator_digest, module_digest
+from metrics.cache import cached_on_disk, generator_digest, module_digest, tensor_digest
 from metrics.lec import edit_codes, edited_inversions, resolve_offset
 from metrics.perception import build_domain_features, cached_reference_features, extract_features, fid_from_features
 from metrics.registry import EvalContext, MetricResult, register_metric, resize_like, unavailable_on_missing
@@ -81,6 +81,29 @@ def reference_samples(generator, n: int, seed: int, batch: int = 64) -> list[tor
     return [generator.mapping(c.to(dev)).unsqueeze(1).repeat(1, generator.n_latent, 1) for c in z.split(batch)]
 
 
+def reference_readings(ctx: EvalContext, probe: AttributeProbe, n_ref: int, offset: torch.Tensor | None = None,
+                       strength: float = 0.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Probe readings (one (attributes, features) pair) of the ``n_ref`` seeded reference samples,
+    edited by ``strength * offset`` when an offset is given. They do not depend on the inverter, so they
+    are stored on disk (``metrics.cache``) keyed by the generator's and the attribute net's weights, the
+    offset's bytes, the strength, the count, the seed and the device type: every grid member after the
+    first reads them. The readings are those of the 64-sample batches, concatenated (same values)."""
+    gen = ctx.generator
+
+    def build() -> dict:
+        codes = ctx.cached(f"edit_ref_codes:{n_ref}:{ctx.seed}", lambda: reference_samples(gen, n_ref, ctx.seed))
+        if offset is not None:
+            codes = [edit_codes(c, offset, strength) for c in codes]
+        batches = probe_batches(probe, (gen.synthesis(c, noise_mode="const") for c in codes))
+        return {"attrs": torch.cat([a for a, _ in batches]), "features": torch.cat([f for _, f in batches])}
+
+    desc = {"generator": generator_digest(ctx), "probe": ctx.cached("attr_probe_digest", lambda: module_digest(probe.net)),
+            "n": n_ref, "seed": ctx.seed, "offset": None if offset is None else tensor_digest(offset),
+            "strength": float(strength), "device": torch.device(ctx.device).type}
+    r = cached_on_disk(ctx, "edit_reference", desc, build)
+    return [(r["attrs"], r["features"])]
+
+
 def _leak(delta: torch.Tensor, std: torch.Tensor, target: int) -> torch.Tensor:
     others = [k for k in range(delta.shape[1]) if k != target]
     if not others:
@@ -97,15 +120,11 @@ def edit_attr(ctx: EvalContext, attr: str) -> MetricResult:
     s = float(ctx.option("edit_strength", 3.0))
     offset = resolve_offset(ctx, attr)
     inv = ctx.inversions()
-    gen = ctx.generator
-    generate = lambda w: gen.synthesis(w, noise_mode="const")  # noqa: E731
-
     n_ref = int(ctx.option("edit_n_ref", 256))
-    ref_codes = ctx.cached(f"edit_ref_codes:{n_ref}:{ctx.seed}", lambda: reference_samples(gen, n_ref, ctx.seed))
     # the unedited readings (reference samples and inversions) are shared by every edit_<attr>
     ref_before = ctx.cached(f"edit_ref_probe:{n_ref}:{ctx.seed}",
-                            lambda: probe_batches(probe, (generate(c) for c in ref_codes)))
-    ref_after = probe_batches(probe, (generate(edit_codes(c, offset, s)) for c in ref_codes))
+                            lambda: reference_readings(ctx, probe, n_ref))
+    ref_after = reference_readings(ctx, probe, n_ref, offset, s)
     d_ref, cos_ref, a_ref = compare_probes(ref_before, ref_after)
     std = a_ref.std(0)
 

@@ -439,6 +439,31 @@ def test_edit_metric_exact_inverter_matches_reference(monkeypatch):
         get_metric("edit_hat")(ctx)
 
 
+def test_edit_reference_readings_cached_on_disk_change_no_value(monkeypatch, tmp_path):
+    probe = editability.AttributeProbe(_LinearAttrNet(), ("smile", "age", "pose"))
+    monkeypatch.setattr(editability, "load_probe", lambda device="cpu": probe)
+    gen = LinearGenerator()
+    g = torch.Generator().manual_seed(2)
+    dirs = {a: torch.nn.functional.normalize(torch.randn(1, 8, generator=g), dim=1) for a in ("smile", "age")}
+    names = ["edit_smile", "edit_age"]
+
+    def run(cache_dir, n_ref=96):
+        ctx = _ctx(LinearInverter(gen, noise=0.2), _images(8), directions=dirs,
+                   options={"edit_n_ref": n_ref, "edit_strength": 2.0, "cache_dir": cache_dir})
+        out = [get_metric(n)(ctx) for n in names]
+        return [(r.values, r.per_image) for r in out]
+
+    cold = run(tmp_path / "c")
+    files = sorted((tmp_path / "c" / "edit_reference").glob("*.pt"))
+    assert len(files) == 3  # the unedited readings once, one edited set per direction
+    assert run(tmp_path / "c") == cold  # read back from disk
+    assert run("") == cold  # no disk cache at all
+    assert run(tmp_path / "c", n_ref=32) != cold  # another reference count is another file
+    assert len(list((tmp_path / "c" / "edit_reference").glob("*.pt"))) == 6
+    files[0].write_bytes(b"truncated")  # an unreadable file is rebuilt
+    assert run(tmp_path / "c") == cold
+
+
 # ---------------------------------------------------------------------------------------------
 # missing weights -> unavailable, never a number
 # ---------------------------------------------------------------------------------------------
