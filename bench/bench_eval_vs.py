@@ -23,8 +23,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,13 +61,11 @@ def worker(args) -> dict:
 
 
 def run_one(code_root: Path, args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "E4E_PROGRESS": "off"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--checkpoint", str(Path(args.checkpoint).resolve()),
-           "--data", str(Path(args.data).resolve()), "--n", str(args.n), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, cwd=code_root, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{code_root} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from bench.checkouts import run_worker
+
+    return run_worker(code_root, __file__, ["--checkpoint", str(Path(args.checkpoint).resolve()),
+                                            "--data", str(Path(args.data).resolve()), "--n", str(args.n),
+                                            "--threads", str(args.threads)])
 
 
 def compare_values(ref: dict, this: dict, rtol: float = 1e-6) -> tuple[list[str], list[str]]:
@@ -100,22 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        ref_root = Path(args.ref_path) if args.ref_path else Path(tmp) / "ref"
-        if not args.ref_path:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(ref_root), args.ref],
-                           check=True, capture_output=True)
-        try:
-            rounds = []
-            for r in range(args.rounds):
-                res = {who: run_one(root, args) for who, root in (("ref", ref_root), ("this", ROOT))}
-                for who in ("ref", "this"):
-                    print(f"round {r} {who}: cold {res[who]['cold']:.1f} s, warm {res[who]['warm']:.1f} s", flush=True)
-                rounds.append(res)
-        finally:
-            if not args.ref_path:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref_root)],
-                               capture_output=True)
+    from bench.checkouts import reference_checkout
+
+    with reference_checkout(args.ref, args.ref_path) as ref_root:
+        rounds = []
+        for r in range(args.rounds):
+            res = {who: run_one(root, args) for who, root in (("ref", ref_root), ("this", ROOT))}
+            for who in ("ref", "this"):
+                print(f"round {r} {who}: cold {res[who]['cold']:.1f} s, warm {res[who]['warm']:.1f} s", flush=True)
+            rounds.append(res)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s), "
           f"{args.n} images, ref {args.ref_path or args.ref}, metrics {','.join(METRICS)}")
     print("| cache | ref s (median) | this s (median) | this ÷ ref, per round |")

@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -58,13 +56,10 @@ def worker(args) -> dict:
 
 
 def run_one(code_root: Path, flag: str, steps: int, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "E4E_PROGRESS": "off"}
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--root", str(code_root),
-                          "--flag", flag, "--steps", str(steps), "--threads", str(threads)],
-                         cwd=code_root, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{code_root} {flag} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from bench.checkouts import run_worker
+
+    return run_worker(code_root, __file__, ["--root", str(code_root), "--flag", flag, "--steps", str(steps),
+                                            "--threads", str(threads)], what=flag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,26 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         if who not in ("ref", "this") or flag not in FLAGS:
             ap.error(f"variant {v!r}: expected <ref|this>:<{'|'.join(FLAGS)}>")
     base = next((v for v in args.variants if v.startswith("ref:")), args.variants[0])
-    with tempfile.TemporaryDirectory() as tmp:
-        ref_root = Path(args.ref_path) if args.ref_path else Path(tmp) / "ref"
-        if not args.ref_path:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(ref_root), args.ref],
-                           check=True, capture_output=True)
-        try:
-            rounds = []
-            for r in range(args.rounds):
-                res = {}
-                for v in args.variants:
-                    who, _, flag = v.partition(":")
-                    res[v] = run_one(ref_root if who == "ref" else ROOT, flag, args.steps, args.threads)
-                    print(f"round {r} {v}: {res[v]['median']:.4f} s/step (first {res[v]['first']})", flush=True)
-                for v in args.variants:
-                    res[v]["speedup"] = res[base]["median"] / res[v]["median"]
-                rounds.append(res)
-        finally:
-            if not args.ref_path:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref_root)],
-                               capture_output=True)
+    from bench.checkouts import reference_checkout
+
+    with reference_checkout(args.ref, args.ref_path) as ref_root:
+        rounds = []
+        for r in range(args.rounds):
+            res = {}
+            for v in args.variants:
+                who, _, flag = v.partition(":")
+                res[v] = run_one(ref_root if who == "ref" else ROOT, flag, args.steps, args.threads)
+                print(f"round {r} {v}: {res[v]['median']:.4f} s/step (first {res[v]['first']})", flush=True)
+            for v in args.variants:
+                res[v]["speedup"] = res[base]["median"] / res[v]["median"]
+            rounds.append(res)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s), "
           f"{args.steps} steps per run, ref {args.ref_path or args.ref}")
     print("| variant | s/step (median over rounds) | first step (s) | speed-up vs " + base + ", per round |")
