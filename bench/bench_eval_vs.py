@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
+    for what, path in (("checkpoint", args.checkpoint), ("test image folder", args.data)):
+        if not Path(path).exists():
+            print(f"error: {what} {path} not found", file=sys.stderr)
+            return 2
     from bench.checkouts import reference_checkout
 
     with reference_checkout(args.ref, args.ref_path) as ref_root:

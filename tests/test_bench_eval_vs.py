@@ -14,6 +14,12 @@ def test_compare_values_splits_equal_and_different_names():
     assert B.compare_values(ref, this) == (["a", "c"], ["b"])
 
 
+def test_eval_vs_missing_checkpoint_is_one_error_line(tmp_path, capsys):
+    assert B.main(["--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: checkpoint {tmp_path / 'none.pt'} not found"]
+
+
 @pytest.mark.slow
 def test_eval_vs_times_both_versions_and_compares_their_values(tmp_path):
     from e4e.checkpoints import load_generator, save_inverter
