@@ -136,6 +136,11 @@ def test_sharpening_fine_tune_starts_from_a_generator_and_resumes_bit_identicall
         assert torch.equal(a, b), k
     for (k, a), b in zip(full.d.state_dict().items(), resumed.d.state_dict().values()):
         assert torch.equal(a, b), k
+    # the fine-tune's export carries its starting generator's provenance, even when it overwrites that file
+    parent = json.loads((tmp_path / "g.json").read_text())
+    D.export(tmp_path / "a" / "last.pt", tmp_path / "g.pt", n_quality=20, command="fine-tune")
+    info = json.loads((tmp_path / "g.json").read_text())
+    assert info["command"] == "fine-tune" and info["initialised_from"] == {"file": init, "provenance": parent}
 
 
 def test_edges_ignore_a_shift_and_shrink_under_blur():

@@ -415,6 +415,11 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, grid: str | os.PathL
     g.eval().requires_grad_(False)
     latent_avg = g.mean_latent(10_000, seed=0)[0]
     out = Path(out)
+    # a fine-tune's starting generator: its provenance is read before ``out`` (maybe the same file) is written
+    parent = None
+    if cfg.init_from:
+        pj = Path(cfg.init_from).with_suffix(".json")
+        parent = {"file": cfg.init_from, "provenance": json.loads(pj.read_text()) if pj.is_file() else None}
     save_generator(g, out, latent_avg=latent_avg)
     info = {"file": out.name, "bytes": out.stat().st_size, "method": "supervised distillation of the renderer "
             "(e4e/synth/distill.py)", "architecture": {"size": cfg.size, "style_dim": cfg.style_dim,
@@ -427,6 +432,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, grid: str | os.PathL
             "phases": [{"from_step": p["from_step"], "changed": {k: v for k, v in p["config"].items()
                         if i == 0 or v != ck["phases"][i - 1]["config"].get(k)}}
                        for i, p in enumerate(ck.get("phases", []))]}
+    if parent is not None:
+        info["initialised_from"] = parent
     if grid:
         z = torch.randn(32, cfg.style_dim, generator=torch.Generator().manual_seed(2021))
         t, _ = targets(z)
