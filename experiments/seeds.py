@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_METRICS = ("l2", "msssim", "id_domain", "latent_dist_w_pca95", "latent_dist_w_pca95_resid",
-                   "edit_smile_leak", "edit_age_leak", "edit_yaw_leak", "lec_smile_10", "lec_img_smile_10",
-                   "lec_feat_smile_10")
+                   "edit_smile_leak", "edit_age_leak", "edit_yaw_leak", "lec_smile_12", "lec_img_smile_12",
+                   "lec_feat_smile_12")
 
 
 def seed_differences(stores: list[str], member: str, reference: str, experiment: str = "synth",

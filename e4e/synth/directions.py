@@ -19,7 +19,7 @@ from e4e.progress import track
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "directions"
 FFHQ_NAMES = {"yaw": "pose"}
-QUALITY_STRENGTH, QUALITY_N = 10.0, 500  # the synth demo's edit strength; samples for the quality numbers
+QUALITY_STRENGTH, QUALITY_N = 12.0, 500  # the synth demo's edit strength; samples for the quality numbers
 N_COMPONENTS_REPORTED = 5
 
 
