@@ -420,12 +420,13 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike, grid: str | os.PathL
     if cfg.init_from:
         pj = Path(cfg.init_from).with_suffix(".json")
         parent = {"file": cfg.init_from, "provenance": json.loads(pj.read_text()) if pj.is_file() else None}
+    sha = git_sha()  # before the export changes a tracked file (it would read "-dirty")
     save_generator(g, out, latent_avg=latent_avg)
     info = {"file": out.name, "bytes": out.stat().st_size, "method": "supervised distillation of the renderer "
             "(e4e/synth/distill.py)", "architecture": {"size": cfg.size, "style_dim": cfg.style_dim,
             "n_mlp": cfg.n_mlp, "lr_mlp": cfg.lr_mlp, "channels": {str(k): v for k, v in cfg.channels.items()}},
             "steps": ck["step"], "batch": cfg.batch, "images_seen": ck["step"] * cfg.batch,
-            "train_minutes": round(float(ck["train_seconds"]) / 60, 2), "seed": cfg.seed, "git_sha": git_sha(),
+            "train_minutes": round(float(ck["train_seconds"]) / 60, 2), "seed": cfg.seed, "git_sha": sha,
             "config": ck["config"], "command": command, "latent_avg": "mean of 10000 w (z seed 0)",
             "export_command": f"python -m experiments.synth export-distilled --ckpt {ckpt} --out {out}",
             "loss_history_tail": ck.get("history", [])[-5:], "notes": notes or [],
