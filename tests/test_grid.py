@@ -565,3 +565,20 @@ def test_convergence_grid_extends_the_demos_main_members_and_only_their_steps():
     for method in ("e4e", "psp", "w_encoder"):
         assert G.config_hash(G.resolve_config(conv, next(m for m in conv.members if m.name == f"{method}-s1200"))) \
             == demo_hash[method]
+
+
+def test_synth_demo_edits_at_the_strength_the_committed_directions_were_checked_at():
+    """The demo profile's edit strength (metric option, qualitative edits, LEC metric names) is the one
+    ``directions.json`` records the edit quality at, and there smile, age and yaw move their attribute
+    >= 1 rendered SD with mean leak <= 0.25 SD: refitting the directions or changing the strength
+    without the other fails here."""
+    import json
+
+    quality = json.loads((REPO / "e4e" / "synth" / "assets" / "directions" / "directions.json").read_text())
+    ev = G.load_grid(GRIDS / "paper_ablation.yaml", "synth", "demo").evaluate
+    s = ev["options"]["edit_strength"]
+    assert {e["strength"] for e in ev["qualitative"]["edits"]} == {s}
+    assert all(m.endswith(f"_{s}") for m in ev["metrics"] if m.startswith(("lec_", "edit_fid_")))
+    for attr in ("smile", "age", "yaw"):
+        q = quality["interfacegan"][attr]["quality"]
+        assert q["strength"] == s and q["gain_sd"] >= 1.0 and q["leak_sd"] <= 0.25, (attr, q)
