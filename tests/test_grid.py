@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from experiments import grid as G
@@ -479,7 +480,10 @@ def test_member_locked_by_a_live_process_is_never_resumed(assets, tmp_path):
 
 _EVAL_KILL_SCRIPT = r'''
 import os, signal, sys
+import torch
 from experiments import evaluate as E, grid as G
+
+torch.set_num_threads(int(sys.argv[4]))   # the test process's count: the re-evaluation repeats its sums exactly
 
 orig = E.log_results
 def log_results(*a, **k):   # the member's test/* values are in MLflow, its summary and stage not yet
@@ -499,7 +503,8 @@ def test_grid_killed_during_evaluation_resumes_and_logs_each_value_once(assets, 
     runs_dir = tmp_path / "runs"
     script = tmp_path / "kill.py"
     script.write_text(_EVAL_KILL_SCRIPT)
-    r = subprocess.run([sys.executable, str(script), str(path), assets["uri"], str(runs_dir)], cwd=REPO,
+    r = subprocess.run([sys.executable, str(script), str(path), assets["uri"], str(runs_dir),
+                        str(torch.get_num_threads())], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == -9, r.stderr[-3000:]
     (run,) = child_runs(assets["uri"], "evalkill")
