@@ -584,6 +584,12 @@ def test_synth_demo_edits_at_the_strength_the_committed_directions_were_checked_
     s = ev["options"]["edit_strength"]
     assert {e["strength"] for e in ev["qualitative"]["edits"]} == {s}
     assert all(m.endswith(f"_{s}") for m in ev["metrics"] if m.startswith(("lec_", "edit_fid_")))
+    from e4e.config import parse_edits   # the training image rows (synth.yaml image_edits) too
+    rows = parse_edits(yaml.safe_load((REPO / "experiments" / "configs" / "synth.yaml").read_text())["image_edits"])
+    assert rows and {abs(v) for _, v in rows} == {s}, rows
+    for grid in ("convergence", "realism_gap"):   # the grids beside the demo edit at the same strength
+        other = G.load_grid(GRIDS / f"{grid}.yaml").evaluate
+        assert other["options"]["edit_strength"] == s and {e["strength"] for e in other["qualitative"]["edits"]} == {s}
     for attr in ("smile", "age", "yaw"):
         q = quality["interfacegan"][attr]["quality"]
         assert q["strength"] == s and q["gain_sd"] >= 1.0 and q["leak_sd"] <= 0.25, (attr, q)
