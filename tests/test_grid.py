@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from experiments import grid as G
@@ -483,7 +482,7 @@ import os, signal, sys
 import torch
 from experiments import evaluate as E, grid as G
 
-torch.set_num_threads(int(sys.argv[4]))   # the test process's count: the re-evaluation repeats its sums exactly
+torch.set_num_threads(1)   # as the test (one_thread): the re-evaluation repeats its sums exactly
 
 orig = E.log_results
 def log_results(*a, **k):   # the member's test/* values are in MLflow, its summary and stage not yet
@@ -494,7 +493,7 @@ G.run_grid(G.load_grid(sys.argv[1]), sys.argv[2], sys.argv[3], progress=False)
 '''
 
 
-def test_grid_killed_during_evaluation_resumes_and_logs_each_value_once(assets, tmp_path):
+def test_grid_killed_during_evaluation_resumes_and_logs_each_value_once(assets, tmp_path, one_thread):
     """kill -9 part-way through a member's evaluation: the re-run resumes the same run (no new
     training step), evaluates again and leaves every test/* metric with exactly one entry."""
     from mlflow.tracking import MlflowClient
@@ -503,8 +502,7 @@ def test_grid_killed_during_evaluation_resumes_and_logs_each_value_once(assets, 
     runs_dir = tmp_path / "runs"
     script = tmp_path / "kill.py"
     script.write_text(_EVAL_KILL_SCRIPT)
-    r = subprocess.run([sys.executable, str(script), str(path), assets["uri"], str(runs_dir),
-                        str(torch.get_num_threads())], cwd=REPO,
+    r = subprocess.run([sys.executable, str(script), str(path), assets["uri"], str(runs_dir)], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == -9, r.stderr[-3000:]
     (run,) = child_runs(assets["uri"], "evalkill")
