@@ -114,6 +114,19 @@ def latent_dist_w(ctx: EvalContext) -> MetricResult:
     return MetricResult(values, per_image)
 
 
+@register_metric("latent_offsets", needs=("inversions", "generator"))
+def latent_offsets(ctx: EvalContext) -> MetricResult:
+    """Per W+ row i >= 1, the offset ||w_i - w_0|| (what L_d-reg penalises) against W's own spread, the
+    mean ||w - mu|| of held-out W samples (1 = an offset as large as W's whole extent)."""
+    ref = _reference(ctx)
+    spread = float((ref["holdout"] - ref["mu"]).norm(dim=-1).mean())
+    codes = ctx.codes().double()
+    off = (codes[:, 1:] - codes[:, :1]).norm(dim=-1) / spread     # [N, n_latent - 1]
+    values = {"latent_w_spread": spread, "latent_offset": float(off.mean()) if off.numel() else 0.0}
+    values.update({f"latent_offset_row{i + 1}": float(v) for i, v in enumerate(off.mean(0))})
+    return MetricResult(values, {"latent_offset": off.mean(1).tolist() if off.numel() else [0.0] * len(codes)})
+
+
 # ---------------------------------------------------------------------------------------------
 # distance inside W's principal subspace, and the residual outside it
 # ---------------------------------------------------------------------------------------------

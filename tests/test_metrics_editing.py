@@ -290,3 +290,87 @@ def test_shared_context_and_disk_cache_change_no_value(tmp_path):
     values = {k: v for vals, _ in alone for k, v in vals.items()}
     per_image = {k: v for _, per in alone for k, v in per.items()}
     assert values == together[0] and per_image == together[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# LEC against its trivial baseline (constant code), without an edit, and in the Jacobian metric
+# ---------------------------------------------------------------------------------------------
+class ConstantInverter(TrueCodeInverter):
+    """Ignores the image: one fixed code for every input."""
+
+    def invert(self, x):
+        c = torch.linspace(-1, 1, self.decoder.style_dim)
+        return c.expand(len(x), self.decoder.n_latent, -1).clone()
+
+
+class NullSpaceNoiseInverter(TrueCodeInverter):
+    """The true code plus a per-image perturbation only in coordinates the image does not read."""
+
+    def invert(self, x):
+        w = super().invert(x)
+        noise = torch.zeros_like(w)
+        noise[..., self.decoder.m:] = torch.sin(11 * w[..., self.decoder.m:] + 2)
+        return w + noise
+
+
+def _lec_values(inv_cls, gen, names, n=6, **kw):
+    inv = inv_cls(gen, **kw)
+    x = inv.generate(w_samples(gen, n, 5))
+    ctx = EvalContext(inv, x, batch_size=4, directions={"ax1": gen.Q[:, 1:2].T.clone()},
+                      options={"w_recovery_jac_samples": 8})
+    out = {}
+    for name in names:
+        out.update(get_metric(name)(ctx).values)
+    return out
+
+
+LEC_FAMILY = ["lec_ax1_2", "lec_ax1_0", "lec_ratio_ax1_2", "lec_excess_ax1_2", "lec_jac_ax1_2"]
+
+
+def test_lec_constant_encoder_scores_its_closed_form_and_ratio_one():
+    gen = TanhGenerator()
+    v = _lec_values(ConstantInverter, gen, LEC_FAMILY)
+    closed = 2 * math.sqrt(gen.n_latent)   # s * ||d|| * sqrt(K) for a unit direction on every row
+    assert v["lec_ax1_2"] == pytest.approx(closed, rel=1e-5)
+    assert v["lec_constant_ax1_2"] == pytest.approx(closed, rel=1e-6)
+    assert v["lec_ratio_ax1_2"] == pytest.approx(1.0, rel=1e-5)
+    assert v["lec_jac_ratio_ax1_2"] == pytest.approx(1.0, rel=1e-5)
+    assert v["lec_ax1_0"] == pytest.approx(0.0, abs=1e-6)          # without an edit a constant is consistent
+    assert v["lec_excess_ax1_2"] == pytest.approx(closed, rel=1e-5)
+
+
+def test_lec_true_code_encoder_scores_zero_on_every_variant():
+    v = _lec_values(TrueCodeInverter, TanhGenerator(), LEC_FAMILY)
+    for key in ("lec_ax1_2", "lec_ax1_0", "lec_ratio_ax1_2", "lec_excess_ax1_2", "lec_jac_ax1_2", "lec_jac_ratio_ax1_2"):
+        assert v[key] == pytest.approx(0.0, abs=1e-5), key
+
+
+def test_lec_noisy_encoder_zero_strength_is_its_reinversion_error():
+    v = _lec_values(TrueCodeInverter, TanhGenerator(), LEC_FAMILY, noise=0.3)
+    assert v["lec_ax1_0"] > 0.1 and 0 < v["lec_ratio_ax1_2"] < 5
+    assert v["lec_excess_ax1_2"] == pytest.approx(v["lec_ax1_2"] - v["lec_ax1_0"], abs=0.5)  # per-image filter
+
+
+def test_lec_jacobian_ignores_noise_in_the_jacobian_null_space():
+    gen = PartialGenerator(m=4)
+    exact = _lec_values(TrueCodeInverter, gen, ["lec_ax1_2", "lec_jac_ax1_2"])
+    null = _lec_values(NullSpaceNoiseInverter, gen, ["lec_ax1_2", "lec_jac_ax1_2"])
+    assert null["lec_ax1_2"] > 0.5 and exact["lec_ax1_2"] < 1e-5     # the raw LEC counts the unseen noise ...
+    assert null["lec_jac_ax1_2"] == pytest.approx(exact["lec_jac_ax1_2"], abs=1e-6)   # ... the Jacobian LEC does not
+    assert null["lec_jac_constant_ax1_2"] > 0
+
+
+def test_lec_ratio_refuses_zero_strength():
+    with pytest.raises(ValueError, match="non-zero"):
+        _lec_values(TrueCodeInverter, TanhGenerator(), ["lec_ratio_ax1_0"])
+
+
+def test_latent_offsets_zero_for_w_codes_and_scaled_by_w_spread():
+    gen = TanhGenerator()
+    codes = w_samples(gen, 6, 1)
+    v = get_metric("latent_offsets")(_with_codes(codes, options={"latent_n_ref": 2000})).values
+    assert v["latent_offset"] == 0 and v["latent_w_spread"] > 0
+    shifted = codes.clone()
+    shifted[:, 2] += torch.full((gen.style_dim,), 1.0) / math.sqrt(gen.style_dim) * v["latent_w_spread"]
+    s = get_metric("latent_offsets")(_with_codes(shifted, options={"latent_n_ref": 2000})).values
+    assert s["latent_offset_row2"] == pytest.approx(1.0, rel=1e-5) and s["latent_offset_row1"] == 0
