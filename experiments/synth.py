@@ -9,6 +9,11 @@ Other modules add subcommands: if a module of ``_EXTENSIONS`` (``e4e.synth.gan``
 ``e4e.synth.directions``, ``e4e.synth.trunk``, ...) imports and defines ``add_cli(subparsers)``, it is
 called to register theirs (e.g. ``train-generator``, ``directions``, ``pretrain-trunk``).
 Each registered subparser sets ``func`` (via ``set_defaults``) to the function that runs it.
+
+``build`` writes only into an empty folder or one it built (its marker ``.synth-build.json``, or,
+for a folder built before the marker existed, nothing but its own file names): any other file there
+stops it with one ``error:`` line before anything is written; ``--force`` builds beside such files
+and still deletes or replaces only the builder's own.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import importlib
 import json
 import sys
 import time
-from e4e.cli import HelpFormatter, add_device_flag, resolve_device
+from e4e.cli import HelpFormatter, add_device_flag, guarded, resolve_device
 
 __all__ = ["build_parser", "main"]
 
@@ -29,7 +34,11 @@ def _add_build(sub):
     from e4e.synth.dataset import DEFAULT_GAP
 
     p = sub.add_parser("build", help="render the synth data set (PNG folders + attributes.csv)", formatter_class=_FMT)
-    p.add_argument("--out", default="data/synth", help="output folder")
+    p.add_argument("--out", default="data/synth",
+                   help="output folder: empty, missing, or one an earlier build wrote (see --force)")
+    p.add_argument("--force", action="store_true",
+                   help="build even where the folder holds files the builder did not write; those stay "
+                        "untouched (only the builder's own files are deleted or replaced)")
     p.add_argument("--n-train", type=int, default=30000, help="training images")
     p.add_argument("--n-test", type=int, default=1000, help="test images")
     p.add_argument("--n-val", type=int, default=1000, help="validation images (model selection)")
@@ -46,11 +55,12 @@ def _add_build(sub):
 
 
 def _run_build(args):
-    from e4e.synth.dataset import build_dataset
+    from e4e.synth.dataset import build_dataset, check_build_args
 
+    check_build_args(args.n_train, args.n_test, args.n_val, args.size, args.supersample, args.gap)
     t0 = time.time()
     counts = build_dataset(args.out, args.n_train, args.n_test, args.n_val, seed=args.seed, size=args.size,
-                           supersample=args.supersample, workers=args.workers, gap=args.gap)
+                           supersample=args.supersample, workers=args.workers, gap=args.gap, force=args.force)
     print(json.dumps(dict(out=args.out, counts=counts, gap=args.gap, wall_s=round(time.time() - t0, 1))))
 
 
@@ -99,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> None:
+@guarded()
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    rc = args.func(args)
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,16 @@ Layout written under ``out``::
     train/000000.png ...   test/000000.png ...   val/000000.png ...
     attributes.csv         split,filename,<one column per attribute in ATTRIBUTES order>
     meta.json              seed, counts, image size, supersampling, realism gap and the attribute table
+    .synth-build.json      the marker: what this builder wrote here (``BUILD_MARKER``)
+
+``out`` must be empty (or missing) or a folder this builder wrote: one with the marker, or one
+written before the marker existed, recognised by holding only the builder's own names
+(``meta.json``, ``attributes.csv``, ``<split>/NNNNNN.png``) and its ``meta.json``. A rebuild deletes
+and replaces only the files the marker lists (a smaller set leaves none of the larger one behind);
+any other file in ``out`` stops the build before anything is written (``ConfigError``), unless
+``force=True``, which keeps those files and still replaces only the builder's own; a foreign file
+at a path the build would write stops it even then. Nothing a user put there is ever deleted or
+overwritten.
 
 Each split draws its attributes from its own stream ``np.random.default_rng([seed, split_id])``, so
 the test and val sets do not depend on ``n_train``. Rendering is a pure function of the attributes
@@ -20,8 +30,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import multiprocessing as mp
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +42,89 @@ from e4e.progress import Progress
 from .render import (ATTRIBUTE_SPECS, ATTRIBUTES, BEYOND_MAX, BEYOND_RANGE, REALISM_DETAILS, render,
                      sample_attributes, stretch_attributes)
 
-__all__ = ["SPLITS", "DEFAULT_GAP", "build_dataset", "image_seeds", "read_attributes", "write_attributes_csv"]
+__all__ = ["SPLITS", "DEFAULT_GAP", "BUILD_MARKER", "build_dataset", "check_build_args", "plan_build_folder",
+           "image_seeds", "read_attributes", "write_attributes_csv"]
 
 SPLITS = ("train", "test", "val")  # order fixes the per-split random stream ids
 #: Realism gap of ``python -m experiments.synth build`` when ``--gap`` is not given.
 DEFAULT_GAP = 1.0
 _PNG_OPTS = dict(format="PNG", compress_level=6)
+#: The marker file ``build_dataset`` leaves in ``out``: the files it wrote there.
+BUILD_MARKER = ".synth-build.json"
+_TOP_FILES = ("attributes.csv", "meta.json")
+_OWN_NAME = re.compile(r"(?:%s)/\d{6}\.png\Z" % "|".join(SPLITS))
+
+
+def _own_files(counts: dict[str, int]) -> set[str]:
+    """Relative paths (posix) a build with these split sizes writes, the marker aside."""
+    return {*_TOP_FILES, *(f"{s}/{i:06d}.png" for s in SPLITS for i in range(int(counts.get(s, 0))))}
+
+
+def _listing(out: Path) -> set[str]:
+    """Every file (and symlink) under ``out``, as posix paths relative to it."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def check_build_args(n_train: int, n_test: int, n_val: int, size: int, supersample: int, gap: float) -> None:
+    """The argument ranges of a build (``ConfigError`` naming the first bad one)."""
+    from e4e.config import ConfigError
+
+    for name, n in (("n_train", n_train), ("n_test", n_test), ("n_val", n_val)):
+        if n < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {n}")
+    if n_train + n_test + n_val == 0:
+        raise ConfigError("nothing to build: --n-train, --n-test and --n-val are all 0")
+    if size < 8:
+        raise ConfigError(f"--size must be >= 8 pixels, got {size}")
+    if supersample < 1:
+        raise ConfigError(f"--supersample must be >= 1, got {supersample}")
+    if not (isinstance(gap, (int, float)) and math.isfinite(gap) and gap >= 0):
+        raise ConfigError(f"--gap must be a finite number >= 0, got {gap}")
+
+
+def plan_build_folder(out: str | os.PathLike, counts: dict[str, int], force: bool = False) -> set[str]:
+    """Check that a build may write into ``out`` and return the files of an earlier build there
+    (relative posix paths) that it may delete or replace. Raises ``ConfigError`` (nothing touched)
+    when ``out`` is not a folder, or holds files the builder did not write (allowed with ``force``
+    unless one sits where the build writes)."""
+    from e4e.config import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if not out.exists():
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out}: {parent} is not writable")
+        return set()
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} is not writable")
+    present = _listing(out) - {BUILD_MARKER}
+    marker = out / BUILD_MARKER
+    if marker.is_file():
+        try:
+            info = json.loads(marker.read_text())
+            ours = set(info["files"]) | _own_files(info["images"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--out {out}: unreadable build marker {marker} ({exc}); "
+                              f"remove it if the folder is yours to rebuild") from None
+    elif present and all(p in _TOP_FILES or _OWN_NAME.match(p) for p in present) and (out / "meta.json").is_file():
+        ours = set(present)   # built before the marker existed: only the builder's own names
+    else:
+        ours = set()
+    foreign = sorted(present - ours)
+    if foreign:
+        new = _own_files(counts)
+        clash = [p for p in foreign if p in new]
+        if clash or not force:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            why = (f"would overwrite {len(clash)} of them ({', '.join(clash[:3])})" if clash and force else
+                   "pass --force to build beside them (only the builder's own files are replaced)")
+            raise ConfigError(f"--out {out} holds {len(foreign)} file(s) that `synth build` did not write "
+                              f"({shown}); it writes only into an empty folder or one it built; {why}")
+    return ours & present
 
 
 def image_seeds(seed: int, split: str, start: int, stop: int) -> list[tuple[int, int, int]]:
@@ -59,23 +148,31 @@ def _render_chunk(job):
 
 def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 1000, n_val: int = 1000,
                   seed: int = 0, size: int = 64, supersample: int = 3, workers: int = 2,
-                  chunk: int = 128, progress: bool = True, gap: float = 0.0) -> dict:
-    """Render the splits into ``out`` and write ``attributes.csv`` and ``meta.json``.
+                  chunk: int = 128, progress: bool = True, gap: float = 0.0, force: bool = False) -> dict:
+    """Render the splits into ``out`` and write ``attributes.csv``, ``meta.json`` and the marker.
 
     Returns the counts per split. ``workers`` processes render in parallel (each single-threaded);
     ``workers <= 1`` renders in this process. ``gap`` is the realism gap of all splits (0: the clean
-    renderer; the CLI's default is ``DEFAULT_GAP``)."""
+    renderer; the CLI's default is ``DEFAULT_GAP``). ``out`` is empty or the builder's own (module
+    docstring; ``force``: files of others may stay beside the build)."""
     if not gap >= 0:
         raise ValueError(f"gap must be >= 0, got {gap}")
     out = Path(out)
     counts = dict(train=n_train, test=n_test, val=n_val)
+    previous = plan_build_folder(out, counts, force)
+    new = _own_files(counts)
+    out.mkdir(parents=True, exist_ok=True)
+    # the marker lists the old and the new files until the old ones are gone: a kill anywhere
+    # leaves a folder whose every file of ours the marker names
+    _write_marker(out, counts, previous | new)
+    for stale in sorted(previous - new):
+        (out / stale).unlink(missing_ok=True)
+    _write_marker(out, counts, new)
     attrs = {}
     jobs = []
     for sid, split in enumerate(SPLITS):
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("*.png"):
-            stale.unlink()
         seeds = image_seeds(seed, split, 0, counts[split])
         clean = sample_attributes(counts[split], np.random.default_rng([seed, sid]))
         attrs[split] = stretch_attributes(clean, gap, seeds)  # the values rendered (= clean at gap 0)
@@ -98,6 +195,17 @@ def build_dataset(out: str | os.PathLike, n_train: int = 30000, n_test: int = 10
                 attributes={k: dict(low=lo, high=hi, description=d) for k, (lo, hi, d) in ATTRIBUTE_SPECS.items()})
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return counts
+
+
+def _write_marker(out: Path, counts: dict[str, int], files: set[str]) -> None:
+    """``BUILD_MARKER``: the split sizes (``<split>/000000.png`` .. ) and any other file of ours."""
+    from e4e.fileio import atomic_write
+
+    images = {s: int(counts[s]) for s in SPLITS}
+    extra = sorted(files - _own_files(images))
+    text = json.dumps(dict(written_by="python -m experiments.synth build", images=images,
+                           files=sorted({*_TOP_FILES, *extra})), indent=1) + "\n"
+    atomic_write(out / BUILD_MARKER, lambda f: f.write(text), mode="w")
 
 
 def _gap_meta(gap: float) -> dict:
