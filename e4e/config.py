@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,15 @@ from e4e.inverters import METHODS
 
 class ConfigError(ValueError):
     """An invalid configuration: unknown key, wrong type or bad value."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 80, 80, 6, 6
+
+
+def short_repr(value) -> str:
+    """A bounded repr for error messages (a huge or deeply nested value is elided, never expanded)."""
+    return _REPR.repr(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,9 +264,11 @@ def parse_value(text: str):
     plain words left as strings, and exponent floats without a dot (``1e-7``, which YAML 1.1 reads
     as a string) read as floats."""
     try:
-        v = yaml.safe_load(text)
+        v = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass (bounded, no dup keys)
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise ConfigError(f"value nested too deeply: {short_repr(text)}") from None
     if isinstance(v, str) and _FLOAT_RE.match(v.strip()):
         return float(v)
     if isinstance(v, (int, float)) and not isinstance(v, bool) and ":" in text:
@@ -319,7 +331,7 @@ def _coerce(value, tp, key: str):
             _, vt = typing.get_args(tp) or (str, Any)
             return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key '{key}': {e}; got {value!r} ({type(value).__name__})") from None
+        raise ConfigError(f"config key '{key}': {e}; got {short_repr(value)} ({type(value).__name__})") from None
     raise ConfigError(f"config key '{key}': unsupported field type {tp}")
 
 
@@ -341,7 +353,7 @@ def _apply(obj, overrides: dict, prefix: str = "", where: str = ""):
     """Apply a nested dict of overrides onto dataclass ``obj`` in place (validated, coerced)."""
     if not isinstance(overrides, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}'{where} must be a mapping, "
-                          f"got {overrides!r}")
+                          f"got {short_repr(overrides)}")
     hints = typing.get_type_hints(type(obj))
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for k, v in overrides.items():
@@ -392,8 +404,56 @@ def _nest_key(key: str, value) -> dict:
     return root
 
 
+# bounds on what a YAML document may expand to: an alias counts as a copy of what it names, so a
+# "billion laughs" file of a few hundred bytes is refused before any value is built
+MAX_YAML_NODES = 200_000
+MAX_YAML_DEPTH = 64
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last one silently) and
+    a document whose expanded size (aliases counted as copies) or depth exceeds the bounds above."""
+
+    def construct_document(self, node):
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expansion(root) -> None:
+    """Expanded node count and depth of a composed document, computed once per node (linear in the
+    file, not in its expansion); a recursive alias is refused too."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack = [(root, False, 1)]
+    while stack:
+        node, done, depth = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in _children(node))
+            if size[key] > MAX_YAML_NODES:
+                _yaml_refusal(node, f"expands to more than {MAX_YAML_NODES} values (aliases counted as copies)")
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            _yaml_refusal(node, "a recursive alias (a value that contains itself)")
+        if depth > MAX_YAML_DEPTH:
+            _yaml_refusal(node, f"nested deeper than {MAX_YAML_DEPTH} levels")
+        on_path.add(key)
+        stack.append((node, True, depth))
+        stack.extend((c, False, depth + 1) for c in _children(node))
+
+
+def _yaml_refusal(node, what: str):
+    mark = node.start_mark
+    raise ConfigError(f"{mark.name}:{mark.line + 1}:{mark.column + 1}: YAML value refused: {what}")
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node, deep: bool = False):
@@ -402,7 +462,7 @@ def _mapping_without_duplicates(loader: _StrictLoader, node, deep: bool = False)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
-            raise ConfigError(f"{mark.name}:{mark.line + 1}:{mark.column + 1}: key {key!r} given twice "
+            raise ConfigError(f"{mark.name}:{mark.line + 1}:{mark.column + 1}: key {short_repr(key)} given twice "
                               f"(first at line {seen[key].line + 1})")
         seen[key] = key_node.start_mark
     return loader.construct_mapping(node, deep=deep)
@@ -412,13 +472,16 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 
 
 def read_yaml(path: str | Path) -> Any:
-    """One YAML file; a syntax error or a duplicate key is a ``ConfigError`` naming file:line:column."""
+    """One YAML file; a syntax error, a duplicate key or a document beyond the size / depth bounds is
+    a ``ConfigError`` naming file:line:column."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
             return yaml.load(f, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -440,6 +503,9 @@ def load_yaml_chain(path: str | Path, _seen: tuple = ()) -> list[tuple[dict, str
     includes = data.pop("defaults", []) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i.strip() for i in includes):
+        raise ConfigError(f"{path}: 'defaults' must be a file name or a list of file names, "
+                          f"got {short_repr(includes)}")
     chain: list[tuple[dict, str]] = []
     for inc in includes:
         chain += load_yaml_chain(path.parent / inc, _seen + (path,))
@@ -481,10 +547,42 @@ _CHOICES = {
 }
 _POSITIVE = ("projection.steps", "projection.w_avg_samples", "batch_size", "max_steps", "log_every", "val_every",
              "image_every", "ckpt_every",
-             "adversarial.r1_every", "progressive.interval", "model.restyle_iters")
+             "adversarial.r1_every", "progressive.interval", "model.restyle_iters", "data.val_max_images")
 _NON_NEGATIVE = ("loss.l2_lambda", "loss.lpips_lambda", "loss.id_lambda", "delta_reg.weight", "adversarial.weight",
                  "adversarial.r1_gamma", "adversarial.pool_size", "progressive.start", "optim.lr",
-                 "data.val_fraction", "data.image_size", "data.num_workers")
+                 "data.val_fraction", "data.image_size", "data.num_workers", "adversarial.d_lr",
+                 "optim.weight_decay")
+_RANGES = {  # key -> (low, high) inclusive, and why
+    "seed": (0, 2**32 - 1, "the numpy / torch seed range"),
+}
+MIN_IMAGE_SIZE = 16  # the encoders downsample 16x: data.image_size is 0 (the domain's) or at least this
+# device specs: auto | cpu | mps | cuda | cuda:N (whether this machine has that device is checked at start-up,
+# e4e.cli.resolve_device)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(spec) -> str:
+    """``spec`` if it names a device type this harness knows, else a ``ConfigError``."""
+    if not isinstance(spec, str) or not DEVICE_PATTERN.fullmatch(spec):
+        raise ConfigError(f"device {short_repr(spec)} is not one of auto, cpu, mps, cuda, cuda:N")
+    return spec
+
+
+def _check_encoder_kwargs(enc: dict) -> None:
+    """``model.encoder``: known keys, each of its type and range (``ENCODER_RULES``)."""
+    unknown = [k for k in enc if k not in ENCODER_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], ENCODER_KEYS, n=1)
+        hint = f" Did you mean 'model.encoder.{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key 'model.encoder.{unknown[0]}'; valid: {', '.join(ENCODER_KEYS)}.{hint}")
+    for key, value in enc.items():
+        rule, what = ENCODER_RULES[key]
+        try:
+            ok = value is None or rule(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key 'model.encoder.{key}' must be {what}, got {short_repr(value)}")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -500,11 +598,14 @@ def validate(cfg: TrainConfig) -> None:
     for key in _NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]!r}")
-    unknown = [k for k in cfg.model.encoder if k not in ENCODER_KEYS]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], ENCODER_KEYS, n=1)
-        hint = f" Did you mean 'model.encoder.{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown config key 'model.encoder.{unknown[0]}'; valid: {', '.join(ENCODER_KEYS)}.{hint}")
+    for key, (low, high, why) in _RANGES.items():
+        if not low <= flat[key] <= high:
+            raise ConfigError(f"config key '{key}' must be in [{low}, {high}] ({why}), got {flat[key]!r}")
+    if 0 < cfg.data.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"config key 'data.image_size' must be 0 (the domain's input size) or >= {MIN_IMAGE_SIZE}, "
+                          f"got {cfg.data.image_size}")
+    check_device(cfg.device)
+    _check_encoder_kwargs(cfg.model.encoder)
     for key in _NAME_KEYS:
         _check_name(key, flat[key])
     bad = [k for k, v in flat.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -518,6 +619,27 @@ def validate(cfg: TrainConfig) -> None:
 # keyword arguments of the encoders (e4e.models.encoders.EncoderBase) a config may set under model.encoder
 # (n_latent, style_dim and input_size come from the generator and the domain); tests keep this in sync
 ENCODER_KEYS = ("small", "width", "units", "block_ch", "backbone", "input_nc")
+
+
+def _backbones() -> tuple[str, ...]:
+    from e4e.models.backbones import TRUNKS
+
+    return tuple(TRUNKS)
+
+
+def _count(v) -> bool:
+    return _to_int(v) >= 1
+
+
+ENCODER_RULES = {  # key -> (check, what it must be); None always passes (the encoder's default)
+    "small": (lambda v: _to_bool(v) in (True, False), "a boolean"),
+    "width": (lambda v: 0 < _to_float(v) < math.inf, "a number > 0"),
+    "units": (lambda v: isinstance(v, (list, tuple)) and len(v) == 4 and all(map(_count, v)),
+              "a list of 4 integers >= 1 (blocks per stage)"),
+    "block_ch": (_count, "an integer >= 1"),
+    "backbone": (lambda v: v in _backbones(), "one of the trunk backbones (ir_se50, ir50, resnet34)"),
+    "input_nc": (_count, "an integer >= 1"),
+}
 # config values that become path components (an MLflow experiment, a run name): no separators
 _NAME_KEYS = ("experiment", "run_name")
 
