@@ -8,6 +8,9 @@
 ``--checkpoint`` alone logs into a new run of the domain's experiment (``--no-mlflow``: print only).
 Metrics are logged with ``log_batch`` as ``<prefix><name>`` (default prefix ``test/``, as the grid);
 per-image values go to the artifact ``eval/per_image.csv`` and all values to ``eval/metrics.json``.
+A run's ``test/*`` hold one image count (its tag ``eval.n_images``): an evaluation of the same run on
+another count goes to ``test_n<N>/*`` and ``eval_n<N>/`` instead (``log_evaluation``, shared with the
+grid's ``--reevaluate``), so ``test/*`` are never overwritten by numbers on other images.
 A metric that cannot be computed here (missing weights, no direction, no face) is recorded as the tag
 ``unavailable.<metric>`` with the reason and never as a number.
 
@@ -126,6 +129,49 @@ def log_results(client, run_id: str, values: dict, per_image: dict, unavailable:
                                                                   values, per_image, unavailable, extra)
         write_outputs(Path(tmp) / "new", values, per_image, unavailable, extra)
         client.log_artifacts(run_id, str(Path(tmp) / "new"), artifact_path)
+
+
+N_IMAGES_TAG = "eval.n_images"
+
+
+def logged_n_images(client, run_id: str) -> str | None:
+    """The image count the run's ``test/*`` were computed on: its ``eval.n_images`` tag, else the
+    ``n_images`` of its ``eval/metrics.json`` (runs evaluated before the tag existed), else None."""
+    from mlflow.exceptions import MlflowException
+
+    n = client.get_run(run_id).data.tags.get(N_IMAGES_TAG)
+    if n is not None:
+        return n
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            old = json.loads(Path(client.download_artifacts(run_id, "eval/metrics.json", tmp)).read_text())
+        except (MlflowException, OSError, ValueError):
+            return None
+    return None if old.get("n_images") is None else str(old["n_images"])
+
+
+def result_paths(logged_n: str | None, n_images: int, prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
+    """(metric prefix, artifact folder) of an evaluation on ``n_images`` in a run whose ``test/*`` hold
+    ``logged_n`` images: ``test/`` and ``eval`` for the same count or a first evaluation, else
+    ``test_n<N>/`` and ``eval_n<N>``. A prefix other than ``test/`` is the caller's choice, kept."""
+    if prefix != DEFAULT_PREFIX or logged_n in (None, str(n_images)):
+        return prefix, "eval"
+    return f"test_n{n_images}/", f"eval_n{n_images}"
+
+
+def log_evaluation(client, run_id: str, values: dict, per_image: dict, unavailable: dict, n_images: int,
+                   extra: dict | None = None, prefix: str = DEFAULT_PREFIX) -> str:
+    """Log an evaluation on ``n_images`` into ``run_id`` where ``result_paths`` says and tag the
+    count: ``eval.n_images`` for ``test/*``, ``eval.test_n<N> = true`` for a count kept apart.
+    Returns the metric prefix used."""
+    prefix, folder = result_paths(logged_n_images(client, run_id), n_images, prefix)
+    log_results(client, run_id, values, per_image, unavailable, prefix=prefix,
+                extra={**(extra or {}), "n_images": n_images}, artifact_path=folder)
+    if prefix == DEFAULT_PREFIX:
+        client.set_tag(run_id, N_IMAGES_TAG, str(n_images))
+    elif folder != "eval":
+        client.set_tag(run_id, f"eval.{prefix.rstrip('/')}", "true")
+    return prefix
 
 
 def merge_with_logged(client, run_id: str, artifact_path: str, tmp: Path, values: dict, per_image: dict,
@@ -269,10 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         if run_id is None:
             exp_id = tracking.get_or_create_experiment(client, args.experiment or args.domain)
             run_id = client.create_run(exp_id, run_name="evaluate", tags={"checkpoint": str(ckpt)}).info.run_id
-        log_results(client, run_id, values, per_image, unavailable, args.prefix, extra)
+        prefix = log_evaluation(client, run_id, values, per_image, unavailable, int(images.shape[0]), extra,
+                                args.prefix)
         if args.run is None:
             client.set_terminated(run_id)
-        print(f"logged to MLflow run {run_id}")
+        kept = "" if prefix == args.prefix else (f" as {prefix}* (its {args.prefix}* hold another number of "
+                                                 f"images: {logged_n_images(client, run_id)})")
+        print(f"logged to MLflow run {run_id}{kept}")
     return 0
 
 

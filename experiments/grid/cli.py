@@ -10,7 +10,7 @@ from e4e.cli import HelpFormatter, add_tracking_flag, guarded
 from experiments.grid.spec import DEFAULT_RUNS_DIR, GridError, GridSpec, load_grid, parse_dotlist
 from experiments.grid.plan import _absolute_sqlite, _client
 from experiments.grid.launchers import LAUNCHERS
-from experiments.grid.run import run_grid
+from experiments.grid.run import OK_STATUSES, run_grid
 from experiments.grid.tables import grid_status, results_table
 
 # ================================================================================================
@@ -36,12 +36,17 @@ def _cmd_run(args) -> int:
     jobs = args.jobs or (min(grid.jobs, os.cpu_count() or 1) if args.launcher == "local" else grid.jobs)
     results = run_grid(grid, args.tracking_uri, args.runs_dir, jobs=jobs, launcher=args.launcher,
                        cluster=args.cluster, submitit_params=params, dry_run=args.dry_run,
-                       reevaluate=args.reevaluate, progress=not args.no_progress)
+                       reevaluate=args.reevaluate, progress=not args.no_progress,
+                       allow_prepare_commands=args.allow_prepare_commands)
     if args.dry_run:
         return 0
     print()
     print(results_table(_client(_absolute_sqlite(args.tracking_uri)), results))
-    failed = [r.member for r in results if r.status not in ("FINISHED", "SKIPPED")]
+    busy = [r.member for r in results if r.status == "BUSY"]
+    if busy:
+        print(f"\n{len(busy)} member(s) BUSY: another live grid or trainer runs them: {', '.join(busy)} "
+              f"(re-run the same command after it finishes to pick up what it left)")
+    failed = [r.member for r in results if r.status not in OK_STATUSES]
     if failed:
         print(f"\n{len(failed)} member(s) did not finish: {', '.join(failed)} "
               f"(errors: MLflow tag 'error'; re-run the same command to retry only those)")
@@ -80,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="show what would run; start nothing")
     run.add_argument("--reevaluate", action="store_true", help="evaluate finished members again")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--allow-prepare-commands", action="store_true",
+                     help="let the grid file's `prepare` steps run any command (without a shell); by default "
+                          "only the project's own (python -m experiments.synth build ...) run and any other "
+                          "refuses the grid before anything runs")
     st = sub.add_parser("status", help="show each member's latest run and metrics", formatter_class=fmt)
     _add_common(st)
     return ap

@@ -165,15 +165,11 @@ def evaluate_member(task: MemberTask, inverter, client) -> dict[str, float]:
     if values and not any(math.isfinite(v) for v in values.values()):
         raise FloatingPointError(f"every evaluation metric is non-finite: {values}")
     # a re-evaluation on another number of images is kept apart: its own prefix, the test/* values stay
-    previous = client.get_run(task.run_id).data.tags.get("eval.n_images")
-    prefix = TEST_PREFIX if previous in (None, str(len(images))) else f"test_n{len(images)}/"
-    E.log_results(client, task.run_id, values, per_image, unavailable, prefix=prefix,
-                  extra={"n_images": len(images), "spec": spec},
-                  artifact_path="eval" if prefix == TEST_PREFIX else f"eval_n{len(images)}")
+    prefix = E.log_evaluation(client, task.run_id, values, per_image, unavailable, len(images), {"spec": spec},
+                              prefix=TEST_PREFIX)
     if prefix != TEST_PREFIX:
-        client.set_tag(task.run_id, f"eval.{prefix.rstrip('/')}", "true")
-        print(f"  {task.member.name}: evaluated on {len(images)} images, the run's test/* hold {previous}: "
-              f"logged as {prefix}*", flush=True)
+        print(f"  {task.member.name}: evaluated on {len(images)} images, the run's test/* hold "
+              f"{E.logged_n_images(client, task.run_id)}: logged as {prefix}*", flush=True)
         return values
     from mlflow.entities import Metric
 
@@ -182,7 +178,6 @@ def evaluate_member(task: MemberTask, inverter, client) -> dict[str, float]:
     ts = int(time.time() * 1000)
     client.log_batch(task.run_id, metrics=[Metric(k, v, ts, 0) for k, v in E.new_values(client, task.run_id,
                                                                                         summary_metrics(values))])
-    client.set_tag(task.run_id, "eval.n_images", str(len(images)))
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         if _qualitative(task, inverter, images, Path(tmp)):
             client.log_artifacts(task.run_id, tmp, "eval")

@@ -157,3 +157,34 @@ def _ensure_store_dir(uri: str) -> None:
     prefix = "sqlite:///"
     if uri.startswith(prefix):
         Path(uri[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def open_store(uri: str, timeout_s: float = 120.0):
+    """A client of the store at ``uri``, its schema created. For a sqlite store this happens under the
+    store folder's ``DirLock`` (``e4e.fileio``), waited for up to ``timeout_s``: two grid calls that
+    start together on a new store never both create its tables (``table experiments already exists``)."""
+    import time
+
+    from e4e.fileio import DirLock, LockedError
+
+    _ensure_store_dir(uri)
+    client = _client(uri)
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        client.search_experiments(max_results=1)
+        return client
+    lock = DirLock(Path(uri[len(prefix):]).parent)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        client.search_experiments(max_results=1)   # the first use of the store creates its schema
+    finally:
+        lock.release()
+    return client

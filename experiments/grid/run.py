@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -18,8 +20,10 @@ import yaml
 from e4e.inverters import OPTIM_METHODS
 from e4e.tracking import DEFAULT_TRACKING_URI
 
-from experiments.grid.spec import DEFAULT_RUNS_DIR, GridError, GridSpec, METHOD_WORDS, REPO_ROOT, STAGE_TAG, SWITCH_WORDS
-from experiments.grid.plan import MemberResult, MemberTask, _absolute_sqlite, _client, _ensure_store_dir, _latest_run, plan
+from experiments.grid.spec import (DEFAULT_RUNS_DIR, GridError, GridSpec, METHOD_WORDS, REPO_ROOT, STAGE_TAG,
+                                   SWITCH_WORDS, check_members)
+from experiments.grid.plan import (MemberResult, MemberTask, _absolute_sqlite, _client, _ensure_store_dir, _latest_run,
+                                   open_store, plan)
 from experiments.grid.member import _mark_failed, _summary_checkpoint, _task_config, run_member
 from experiments.grid.launchers import LAUNCHERS, _threads_per_job
 from experiments.grid.tables import ACTION_WORDS, format_plan, parent_note
@@ -67,26 +71,35 @@ def member_tags(task: MemberTask) -> dict[str, str]:
 def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir: str | Path = DEFAULT_RUNS_DIR,
              jobs: int = 1, launcher: str = "local", cluster: str | None = None,
              submitit_params: Mapping[str, Any] | None = None, dry_run: bool = False, reevaluate: bool = False,
-             progress: bool = True) -> list[MemberResult]:
-    """Run (or show, with ``dry_run``) a grid; returns one result per member, in grid order."""
+             progress: bool = True, allow_prepare_commands: bool = False) -> list[MemberResult]:
+    """Run (or show, with ``dry_run``) a grid; returns one result per member, in grid order.
+
+    Before anything is written: every member's config must resolve (``check_members``) and every
+    ``prepare`` command must be one of the project's own (``prepare_argv``; any command with
+    ``allow_prepare_commands``), else a ``GridError``."""
     tracking_uri = _absolute_sqlite(tracking_uri)
+    check_members(grid)
+    for i, step in enumerate(grid.prepare):
+        prepare_argv(grid, i, step["command"], allow_prepare_commands)
+    if launcher not in LAUNCHERS:
+        raise GridError(f"unknown launcher {launcher!r}; known: {sorted(LAUNCHERS)}")
     if dry_run:   # read-only: not even an empty store is created
         tasks = plan(grid, tracking_uri, runs_dir, None, reevaluate)
         print(format_plan(grid, tasks))
         return [MemberResult(t.member.name, {"skip": "SKIPPED"}.get(t.action, "PLANNED"), t.run_id) for t in tasks]
-    prepare(grid)
-    _ensure_store_dir(tracking_uri)
-    client = _client(tracking_uri)
+    prepare(grid, allow_prepare_commands)
+    client = open_store(tracking_uri)
     tasks = plan(grid, tracking_uri, runs_dir, client, reevaluate)
 
     from e4e import tracking
 
     exp_id = tracking.get_or_create_experiment(client, grid.domain)
+    end_stale_parents(client, exp_id)
     sha = tracking.git_sha(REPO_ROOT)
     parent = client.create_run(exp_id, run_name=f"{grid.name}-{grid.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags={"grid": grid.name, "grid.parent": "true", "profile": grid.profile,
                                      "domain": grid.domain, "git_sha": sha, "launcher": launcher,
-                                     "grid.file": grid.path})
+                                     "grid.file": grid.path, **_process_tags()})
     parent_id = parent.info.run_id
     with tempfile.TemporaryDirectory() as tmp:   # the resolved grid, as run
         (Path(tmp) / "grid.yaml").write_text(yaml.safe_dump(dataclasses.asdict(grid), sort_keys=False))
@@ -95,36 +108,59 @@ def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir:
         t.experiment_id, t.parent_run_id = exp_id, parent_id
     print(format_plan(grid, tasks), flush=True)
     jobs = max(1, jobs)
-    make = LAUNCHERS.get(launcher)
-    if make is None:
-        raise GridError(f"unknown launcher {launcher!r}; known: {sorted(LAUNCHERS)}")
-    runner = make(jobs=jobs, folder=Path(runs_dir) / grid.domain / grid.name / "submitit", cluster=cluster,
+    runner = LAUNCHERS[launcher](jobs=jobs, folder=Path(runs_dir) / grid.domain / grid.name / "submitit", cluster=cluster,
                   params=submitit_params or {})
     results: dict[str, MemberResult] = {}
     try:
         _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, progress)
-    except KeyboardInterrupt:
-        client.set_terminated(parent_id, "KILLED")
+    except BaseException as exc:   # Ctrl-C, SIGTERM turned into SystemExit, or a store error: never left RUNNING
+        with contextlib.suppress(Exception):
+            client.set_tag(parent_id, "grid.ended", f"{type(exc).__name__}: {exc}"[:4000])
+            client.set_terminated(parent_id, "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
     finally:
         runner.close()
     ordered = [results[t.member.name] for t in tasks]
-    failed = [r for r in ordered if r.status not in ("FINISHED", "SKIPPED")]
+    failed = [r for r in ordered if r.status not in OK_STATUSES]
     _log_parent_summary(client, parent_id, ordered)
     client.set_tag(parent_id, "mlflow.note.content", parent_note(grid, client, ordered))
     client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     return ordered
 
 
-def prepare(grid: GridSpec) -> None:
-    """Run each ``prepare`` command whose ``creates`` path is missing (e.g. render the synth data)."""
-    import shlex
+#: statuses of a grid call that finished its part: a BUSY member is another live process's work
+OK_STATUSES = ("FINISHED", "SKIPPED", "BUSY")
+#: the project's own commands a grid's ``prepare`` may run: ``python -m <module> <subcommand> ...``
+PREPARE_COMMANDS = frozenset({("experiments.synth", "build")})
+_PYTHON = ("python", "python3")
 
-    for step in grid.prepare:
+
+def prepare_argv(grid: GridSpec, i: int, command: str, allow_any: bool = False) -> list[str]:
+    """The argv ``prepare`` step ``i`` runs (no shell: split with ``shlex``; ``python`` is this
+    interpreter). Only ``PREPARE_COMMANDS`` unless ``allow_any`` (``--allow-prepare-commands``)."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise GridError(f"{grid.name}: prepare #{i}: cannot split {command!r}: {exc}") from None
+    own = len(argv) >= 4 and argv[0] in _PYTHON and argv[1] == "-m" and (argv[2], argv[3]) in PREPARE_COMMANDS
+    if not argv or not (own or allow_any):
+        known = ", ".join(f"python -m {m} {c}" for m, c in sorted(PREPARE_COMMANDS))
+        raise GridError(f"{grid.name}: prepare #{i} would run {command!r}, which is not one of the project's own "
+                        f"commands ({known}); run it yourself, or pass --allow-prepare-commands if you trust "
+                        f"{grid.path or 'the grid file'}")
+    return [sys.executable if argv[0] in _PYTHON else argv[0], *argv[1:]]
+
+
+def prepare(grid: GridSpec, allow_commands: bool = False) -> None:
+    """Run each ``prepare`` command whose ``creates`` path is missing (e.g. render the synth data),
+    without a shell; only the project's own commands unless ``allow_commands``."""
+    steps = [(step, prepare_argv(grid, i, step["command"], allow_commands)) for i, step in enumerate(grid.prepare)]
+    for step, cmd in steps:
         if Path(step["creates"]).exists():
             continue
-        cmd = shlex.split(step["command"])
-        cmd = [sys.executable if cmd[0] in ("python", "python3") else cmd[0], *cmd[1:]]
+        if cmd[0] != sys.executable or cmd[1:2] != ["-m"] or tuple(cmd[2:4]) not in PREPARE_COMMANDS:
+            print(f"warning: --allow-prepare-commands: running {cmd} from {grid.path or 'the grid file'}",
+                  file=sys.stderr, flush=True)
         print(f"preparing {step['creates']}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run(cmd).returncode
@@ -155,6 +191,13 @@ def _schedule(tasks, runner, client, exp_id, parent_id, sha, jobs, results, prog
             if len(running) >= jobs:
                 break
             dep_res = [results.get(d) for d in t.member.depends_on]
+            busy = [d for d, r in zip(t.member.depends_on, dep_res) if r is not None and r.status == "BUSY"]
+            if busy:   # another live process trains the dependency: leave this member (and its run) alone
+                pending.remove(t)
+                results[t.member.name] = MemberResult(t.member.name, "BUSY", t.run_id,
+                                                      f"waits for {', '.join(busy)}, which another process runs")
+                bar.update(1)
+                continue
             if any(r is not None and r.status not in ok for r in dep_res):
                 bad = [d for d, r in zip(t.member.depends_on, dep_res) if r is not None and r.status not in ok]
                 pending.remove(t)
@@ -243,6 +286,35 @@ def _checkpoint_of(client, t: MemberTask) -> str | None:
 
 
 
+def _process_tags() -> dict[str, str]:
+    """``grid.pid`` / ``grid.host``: the process of a grid call, so that a later call can tell that it died."""
+    import socket
+
+    return {"grid.pid": str(os.getpid()), "grid.host": socket.gethostname()}
+
+
+def end_stale_parents(client, exp_id: str) -> list[str]:
+    """Mark KILLED the RUNNING parent runs of grid calls whose process is gone (a kill -9 gives no
+    chance to say so): same host and no such pid (``e4e.fileio`` decides liveness, as for run-directory
+    locks). Runs of other hosts, or without a recorded pid, are left as they are. Returns their ids."""
+    from e4e.fileio import _alive
+
+    runs = client.search_runs([exp_id], "tags.`grid.parent` = 'true' and attributes.status = 'RUNNING'",
+                              max_results=1000)
+    ended = []
+    for r in runs:
+        tags = r.data.tags
+        pid = tags.get("grid.pid", "")
+        if not pid.isdigit() or _alive({"pid": int(pid), "host": tags.get("grid.host")}):
+            continue
+        with contextlib.suppress(Exception):
+            client.set_tag(r.info.run_id, "grid.ended", f"process {pid} on {tags.get('grid.host')} was gone "
+                                                        f"(found by a later grid call)")
+            client.set_terminated(r.info.run_id, "KILLED")
+            ended.append(r.info.run_id)
+    return ended
+
+
 def _log_parent_summary(client, parent_id: str, results: list[MemberResult]) -> None:
     rows = [{"member": r.member, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 1),
              "error": r.error} for r in results]
@@ -250,6 +322,6 @@ def _log_parent_summary(client, parent_id: str, results: list[MemberResult]) -> 
         p = Path(tmp) / "members.json"
         p.write_text(json.dumps(rows, indent=1))
         client.log_artifact(parent_id, str(p))
-    counts = {s: sum(r.status == s for r in results) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED")}
+    counts = {s: sum(r.status == s for r in results) for s in ("FINISHED", "SKIPPED", "FAILED", "KILLED", "BUSY")}
     for s, n in counts.items():
         client.set_tag(parent_id, f"members.{s.lower()}", str(n))

@@ -4,11 +4,12 @@ and each member's resolved trainer config and config hash.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from e4e.inverters import METHODS
+from e4e.inverters import METHODS, OPTIM_METHODS, TRAINED_METHODS
 
 DEFAULT_RUNS_DIR = "runs"
 STAGE_TAG = "grid.stage"
@@ -22,6 +23,21 @@ PROFILE_KEYS = {"description", "overrides", "methods", "members", "add_members",
 MEMBER_KEYS = {"method", "name", "depends_on", "overrides", "evaluate"}
 SWITCH_KEYS = {"key", "label", "default"}
 EVAL_KEYS = {"metrics", "n_images", "batch_size", "qualitative", "options", "data"}
+#: the methods a member may name: those ``experiments.grid.member`` can train or build
+GRID_METHODS = frozenset(TRAINED_METHODS) | frozenset(OPTIM_METHODS)
+# grid, domain and member names become folder names and MLflow filter values: no path separators,
+# no '..', no quotes, no leading dot
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*\Z")
+# the shape of each grid-file key (a missing or null key is allowed everywhere)
+_SHAPES = {"grid": str, "description": str, "domain": str, "config": str, "method_config": str,
+           "default_profile": str, "switches": dict, "method_defaults": dict, "members": list, "overrides": dict,
+           "evaluate": dict, "profiles": dict, "exclude": list, "prepare": list}
+_PROFILE_SHAPES = {"description": str, "overrides": dict, "methods": dict, "members": dict, "add_members": list,
+                   "evaluate": dict, "exclude": list, "jobs": int}
+_MEMBER_SHAPES = {"method": str, "name": str, "overrides": dict, "evaluate": dict, "depends_on": (str, list)}
+_EVAL_SHAPES = {"metrics": list, "n_images": int, "batch_size": int, "qualitative": dict, "options": dict,
+                "data": str}
+_TYPE_WORDS = {str: "a string", dict: "a mapping", list: "a list", int: "an integer", (str, list): "a name or a list"}
 
 
 class GridError(ValueError):
@@ -75,6 +91,63 @@ def _read_yaml(path: Path) -> dict:
         raise GridError(f"{path}: a grid file is a mapping, got {type(data).__name__}")
     _check_keys(data, GRID_KEYS, str(path))
     return data
+
+
+def _check_shapes(d: Mapping, shapes: Mapping[str, Any], where: str) -> None:
+    """Each key of ``d`` that ``shapes`` names holds the type it says (or null)."""
+    for key, typ in shapes.items():
+        v = d.get(key)
+        if v is None:
+            continue
+        ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+        if not ok:
+            raise GridError(f"{where}: '{key}' must be {_TYPE_WORDS[typ]}, got {type(v).__name__} {v!r:.60}")
+
+
+def _mapping(v: Any, where: str) -> dict:
+    """``v`` (null: empty) as a mapping, else a GridError."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise GridError(f"{where} must be a mapping, got {type(v).__name__} {v!r:.60}")
+    return v
+
+
+def check_name(kind: str, value: Any, where: str) -> str:
+    """A grid, domain or member name: it names folders (``<runs>/<domain>/<grid>/<member>-<hash>``) and
+    MLflow filter values, so letters, digits and ``_ . = + -`` only, not starting with a dot, no ``..``."""
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise GridError(f"{where}: {kind} name {value!r} is not allowed: use letters, digits and _ . = + - "
+                        f"(no path separators, quotes, spaces or '..'; it names a folder and an MLflow tag)")
+    return value
+
+
+def check_metric_names(names: Any, where: str) -> None:
+    """Every evaluation metric name is one the registry knows (``metrics.registry.metric_spec``)."""
+    from metrics.registry import list_metrics, metric_spec
+
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise GridError(f"{where}: 'metrics' must be a list of metric names, got {names!r:.80}")
+    for n in names:
+        try:
+            metric_spec(n.strip())
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(n, list_metrics(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise GridError(f"{where}: unknown metric {n!r}{hint} (python -m experiments.evaluate --list)") from None
+
+
+def _check_evaluate(ev: Mapping, where: str) -> None:
+    _check_keys(ev, EVAL_KEYS, where)
+    _check_shapes(ev, _EVAL_SHAPES, where)
+    for key in ("n_images", "batch_size"):
+        if ev.get(key) is not None and ev[key] < 1:
+            raise GridError(f"{where}: '{key}' must be >= 1, got {ev[key]}")
+    check_metric_names(ev.get("metrics"), where)
 
 
 def _check_keys(d: Mapping, allowed: set[str], where: str) -> None:
@@ -156,23 +229,32 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
     if not dom and variant is None:
         raise GridError(f"no variant of {path.name} for domain {domain!r} (expected "
                         f"{path.parent / f'{path.stem}_{domain}.yaml'}; known: {_domains_for(path) or 'none'})")
-    name = data.get("grid") or path.stem
+    _check_shapes(data, _SHAPES, str(path))
+    name = check_name("grid", data.get("grid") or path.stem, str(path))
+    check_name("domain", domain, str(path))
     profiles = data.get("profiles") or {}
     profile = profile or data.get("default_profile") or "demo"
     if profile not in profiles:
         raise GridError(f"grid {name!r} (domain {domain}) has no profile {profile!r}; profiles: {sorted(profiles)}")
-    prof = profiles[profile] or {}
+    prof = _mapping(profiles[profile], f"{name}: profile {profile}")
     _check_keys(prof, PROFILE_KEYS, f"{name}: profile {profile}")
+    _check_shapes(prof, _PROFILE_SHAPES, f"{name}: profile {profile}")
+    if prof.get("jobs") is not None and prof["jobs"] < 1:
+        raise GridError(f"{name}: profile {profile}: 'jobs' must be >= 1, got {prof['jobs']}")
 
     switches = data.get("switches") or {}
     for opt, sw in switches.items():
+        sw = _mapping(sw, f"{name}: switch {opt}")
         _check_keys(sw, SWITCH_KEYS, f"{name}: switch {opt}")
         if "key" not in sw:
             raise GridError(f"{name}: switch {opt!r} needs 'key' (the dotted config key it sets)")
     common = {**_flatten(data.get("overrides") or {}), **_flatten(prof.get("overrides") or {})}
     per_method = prof.get("methods") or {}
     per_member = prof.get("members") or {}
-    excluded = set(data.get("exclude") or []) | set(prof.get("exclude") or [])
+    for where, table in (("methods", per_method), ("members", per_member)):
+        for k, v in table.items():
+            _mapping(v, f"{name}: profile {profile}: {where}.{k}")
+    excluded = set(map(str, data.get("exclude") or [])) | set(map(str, prof.get("exclude") or []))
 
     config = data.get("config")
     if config:
@@ -181,18 +263,30 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
             raise GridError(f"{name}: domain config {config} not found")
     method_defaults = data.get("method_defaults") or {}
     for meth, d in method_defaults.items():
-        _check_keys(d or {}, set(switches), f"{name}: method_defaults.{meth}")
+        _check_keys(_mapping(d, f"{name}: method_defaults.{meth}"), set(switches), f"{name}: method_defaults.{meth}")
     members: list[Member] = []
     # the grid's members, then those the profile adds (e.g. a short-schedule reference run)
     for i, raw in enumerate(list(data.get("members") or []) + list(prof.get("add_members") or [])):
+        if not isinstance(raw, (str, dict)):
+            raise GridError(f"{name}: member #{i} must be a method name or a mapping, got "
+                            f"{type(raw).__name__} {raw!r:.60}")
         raw = {"method": raw} if isinstance(raw, str) else dict(raw)
         opts = {k: raw.pop(k) for k in list(raw) if k in switches}
         _check_keys(raw, MEMBER_KEYS, f"{name}: member #{i} ({raw.get('method')})")
+        _check_shapes(raw, _MEMBER_SHAPES, f"{name}: member #{i}")
         if "method" not in raw:
             raise GridError(f"{name}: member #{i} has no method")
         method = raw["method"]
+        if method not in GRID_METHODS:
+            import difflib
+
+            close = difflib.get_close_matches(method, sorted(GRID_METHODS), n=1)
+            raise GridError(f"{name}: member #{i}: unknown method {method!r}"
+                            + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f" (known: {', '.join(sorted(GRID_METHODS))})")
         mdefaults = method_defaults.get(method) or {}
         mname = raw.get("name") or member_name(method, opts, switches, mdefaults)
+        check_name("member", mname, f"{name}: member #{i} ({method})")
         opts = {**mdefaults, **opts}
         if mname in excluded:
             continue
@@ -203,12 +297,14 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
         overrides.update(_flatten(per_member.get(mname) or {}))
         overrides.update(dict(extra_overrides or {}))
         deps = raw.get("depends_on") or []
+        if isinstance(deps, list) and not all(isinstance(d, str) for d in deps):
+            raise GridError(f"{name}: member {mname}: 'depends_on' must name members, got {deps!r:.80}")
         files = [config] if config else []
         if data.get("method_config"):
             mc = _repo_path(str(data["method_config"]).format(method=method), path)
             files += [str(mc)] if mc.exists() else []
         m_eval = raw.get("evaluate") or {}
-        _check_keys(m_eval, EVAL_KEYS, f"{name}: member {mname} evaluate")
+        _check_evaluate(m_eval, f"{name}: member {mname} evaluate")
         members.append(Member(mname, method, i, opts, overrides, [deps] if isinstance(deps, str) else list(deps),
                               files, m_eval))
     names = [m.name for m in members]
@@ -228,12 +324,17 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
         members = [m for m in members if m.name in closure]
     evaluate = _merge(data.get("evaluate") or {}, prof.get("evaluate") or {})
     evaluate = _merge(evaluate, _nest(eval_overrides or {}))  # --eval: dotted keys, applied last
-    _check_keys(evaluate, EVAL_KEYS, f"{name}: evaluate")
+    _check_evaluate(_mapping(evaluate, f"{name}: evaluate"), f"{name}: evaluate")
+    for m in members:   # a member's evaluation = the grid's, merged with its own
+        if m.evaluate:
+            _check_evaluate(_merge(evaluate, m.evaluate), f"{name}: member {m.name} evaluate")
     prepare = list(data.get("prepare") or [])
     for i, step in enumerate(prepare):
+        step = _mapping(step, f"{name}: prepare #{i}")
         _check_keys(step, PREPARE_KEYS, f"{name}: prepare #{i}")
         if not {"command", "creates"} <= set(step):
             raise GridError(f"{name}: prepare #{i} needs 'command' and 'creates'")
+        _check_shapes(step, {"command": str, "creates": str, "description": str}, f"{name}: prepare #{i}")
     jobs = int(prof.get("jobs") or 1)
     return GridSpec(name, domain, profile, str(path), config, members, evaluate, prepare, jobs)
 
@@ -292,6 +393,18 @@ def resolve_config(grid: GridSpec, member: Member, out_dir: Path | None = None):
     if out_dir is not None:
         overrides["out_dir"] = str(out_dir)
     return C.build_config(list(member.config_files), overrides=_nest(overrides))
+
+
+def check_members(grid: GridSpec) -> None:
+    """Every member's config resolves, and every trained member trains at least one step: else a
+    ``GridError`` naming the member, before any member starts (nothing written)."""
+    for m in grid.members:
+        try:
+            cfg = resolve_config(grid, m)
+        except (ValueError, TypeError, KeyError, OSError) as exc:
+            raise GridError(f"{grid.name}: member {m.name}: {exc}") from None
+        if m.method in TRAINED_METHODS and not (isinstance(cfg.max_steps, int) and cfg.max_steps >= 1):
+            raise GridError(f"{grid.name}: member {m.name}: max_steps must be >= 1 (it trains), got {cfg.max_steps}")
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
