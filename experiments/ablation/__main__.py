@@ -1,0 +1,5 @@
+import sys
+
+from experiments.ablation.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The factorial ablation study: export a training seed from its MLflow store into the repository,
+and compute the effects from the exported files alone (no MLflow store needed).
+
+    python -m experiments.ablation export --seed 0 --store sqlite:///mlruns/ablation_seed0.db
+    python -m experiments.ablation effects     # reports/tables/ablation_{effects,sequential,members}.{csv,md}
+                                               # reports/figures/ablation_effects.{pdf,png}
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from e4e.cli import HelpFormatter, guarded
+
+from experiments.ablation import export as E
+from experiments.ablation import factorial as F
+
+
+def _cmd_export(args) -> int:
+    names = E.export_seed(args.store, args.seed, args.root, args.experiment, args.grid)
+    print(f"seed {args.seed}: exported {len(names)} member(s) to {E.seed_dir(args.root, args.seed)}: {', '.join(names)}")
+    return 0
+
+
+def write_tables(study, out: Path, metrics: list[str]) -> list[Path]:
+    from experiments.report import to_markdown
+    from e4e.fileio import atomic_write
+
+    seeds = ", ".join(str(s) for s in sorted(study))
+    written = []
+    tables = {"ablation_effects": (F.effects_table, "Main effects and interactions of e4e's components"),
+              "ablation_sequential": (F.sequential_table, "The paper's sequential view, each step minus the previous"),
+              "ablation_members": (F.levels_table, "Every member's value")}
+    for name, (fn, what) in tables.items():
+        try:
+            table = fn(study, metrics)
+        except LookupError as exc:   # a seed without every member: say so, write nothing for this table
+            print(f"{name}: not written ({exc})")
+            continue
+        caption = (f"{what} (seeds {seeds}; estimate ± se over seeds, or over test images when "
+                   f"se_basis is `images`; python -m experiments.ablation effects).")
+        for suffix, text in ((".csv", table.to_csv(index=False)),
+                             (".md", caption + "\n\n" + to_markdown(table, index=False))):
+            path = out / "tables" / f"{name}{suffix}"
+            atomic_write(path, lambda f, t=text: f.write(t), mode="w")
+            written.append(path)
+        if name == "ablation_effects" and not table.empty:
+            from experiments.ablation.figures import effects_figure, save
+
+            written += save(effects_figure(table, metrics), out, "ablation_effects")
+    return written
+
+
+def _cmd_effects(args) -> int:
+    study = E.load_study(args.root)
+    if not study:
+        raise LookupError(f"no exported seed under {args.root}")
+    metrics = F.default_metrics(args.direction, args.strength)
+    for path in write_tables(study, Path(args.out), metrics):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m experiments.ablation", description=__doc__, formatter_class=HelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="copy one seed's finished members from its store into the repository",
+                        formatter_class=HelpFormatter)
+    ex.add_argument("--seed", type=int, required=True, help="the training seed of the store's runs")
+    ex.add_argument("--store", required=True, help="that seed's MLflow tracking URI")
+    ex.add_argument("--experiment", default="synth", help="MLflow experiment")
+    ex.add_argument("--grid", default=E.GRID, help="grid whose members are exported")
+    ex.add_argument("--root", default=str(E.DATA_ROOT), help="where seed<N>/<member>/ folders go")
+    ex.set_defaults(fn=_cmd_export)
+    ef = sub.add_parser("effects", help="effects tables and figure from the exported seeds",
+                        formatter_class=HelpFormatter)
+    ef.add_argument("--root", default=str(E.DATA_ROOT), help="the exported seeds")
+    ef.add_argument("--out", default="reports", help="tables/ and figures/ go here")
+    ef.add_argument("--direction", default="smile", help="the LEC direction")
+    ef.add_argument("--strength", type=float, default=12, help="the LEC edit strength")
+    ef.set_defaults(fn=_cmd_effects)
+    return ap
+
+
+@guarded(LookupError)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
