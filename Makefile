@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # the demo's tables/figures/notebooks go here (untracked); `make report` refreshes the tracked reports/
 DEMO_REPORTS ?= runs/reports
 
-.PHONY: help install demo test test-fast report realism-gap convergence ui weights synth-data bench
+.PHONY: help install demo test test-fast report realism-gap convergence ablation-study ablation-effects ui weights synth-data bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ realism-gap: install  ## W encoder, e4e and pSp at three realism gaps (synth; ~5
 convergence: install  ## the demo's three main members trained 1200, 2400 and 4800 steps (synth; ~60 min on 2 cores) + its figure
 	$(BIN)/python -m experiments.grid run experiments/grids/convergence.yaml
 	$(BIN)/python -m experiments.report --experiment synth --grid convergence --notebooks 07_convergence.ipynb --out reports
+
+# the factorial ablation study, one training seed per call (resumable: the same call again picks up where a
+# killed one stopped), exported into reports/data/ablation_study/seed$(SEED)/ for committing
+SEED ?= 0
+ablation-study: install  ## one seed of the 2^3 e4e ablations + pSp + W encoder at 4800 steps (synth; hours on 2 cores) + export
+	$(BIN)/python -m experiments.grid run experiments/grids/ablation_study.yaml --set seed=$(SEED) \
+	  --tracking-uri sqlite:///mlruns/ablation_seed$(SEED).db --runs-dir runs/ablation_seed$(SEED)
+	$(BIN)/python -m experiments.ablation export --seed $(SEED) --store sqlite:///mlruns/ablation_seed$(SEED).db
+
+ablation-effects: install  ## effects tables + figure from the committed per-seed results (no MLflow store needed)
+	$(BIN)/python -m experiments.ablation effects --out reports
 
 test: install  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

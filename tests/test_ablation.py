@@ -194,3 +194,21 @@ def test_study_seed_killed_part_way_resumes_exports_and_analyses(tmp_path):
     table = F.effects_table(study, ["l2", "msssim", "latent_offset"])
     assert len(table) == 7 * 3 and (table.n_seeds == 1).all() and (table.se_basis == "images").all()
     assert np.isfinite(table.estimate).all()
+
+
+def test_mechanism_loss_shares_from_training_curves():
+    from experiments.ablation.mechanism import mechanism_table
+
+    study = planted_study()
+    for members in study.values():
+        for m in members.values():
+            m["meta"]["loss_weights"] = {"loss_l2": 1.0, "loss_delta_reg": 2e-4, "loss_adv": 0.1}
+            m["training"] = pd.DataFrame({"step": [100, 4700, 4800], "train/loss_l2": [9.0, 0.02, 0.02],
+                                          "train/loss_delta_reg": [0.0, 100.0, 100.0],
+                                          "train/loss_adv": [5.0, 0.6, 0.6], "train/d_acc_fake": [0.5, 0.9, 0.8]})
+            m["metrics"]["latent_offset_row1"] = 0.25
+    t = mechanism_table(study).set_index("member")
+    # last 10 %: l2 0.02, d-reg 2e-4 x 100 = 0.02, adv 0.1 x 0.6 = 0.06 -> shares 0.2 / 0.2 / 0.6
+    assert t.loc["e4e", "share_l2"] == pytest.approx(0.2) and t.loc["e4e", "share_adv"] == pytest.approx(0.6)
+    assert t.loc["e4e", "d_acc_fake"] == pytest.approx(0.85) and t.loc["e4e", "offset_row1"] == 0.25
+    assert t.loc["e4e", "n_seeds"] == 3

@@ -147,7 +147,10 @@ def _disc_step(cfg, disc, d_opt, pools, generator, fakes: list[torch.Tensor], st
     D.allreduce_grads(disc.parameters(), info.world, zero_missing=False)
     d_opt.step()
     logs = {"loss_d": float(dl.detach()), "d_real": float(real_pred.detach().mean()),
-            "d_fake": float(fake_pred.detach().mean())}
+            "d_fake": float(fake_pred.detach().mean()),
+            # the latent D's accuracy on this step's batch: W samples called real, encoder codes fake
+            "d_acc_real": float((real_pred.detach() > 0).float().mean()),
+            "d_acc_fake": float((fake_pred.detach() < 0).float().mean())}
     if step % cfg.adversarial.r1_every == 0 and cfg.adversarial.r1_gamma > 0:
         r1 = L.r1_penalty(disc, real)
         d_opt.zero_grad(set_to_none=True)

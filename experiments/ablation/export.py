@@ -3,8 +3,11 @@
 ``reports/data/ablation_study/seed<N>/<member>/`` holds, per finished member:
 - ``per_image.csv``: the evaluation's per-image values (one row per test image, in the test split's order);
 - ``metrics.json``: every ``test/*`` value of the run (scalars such as FID and w recovery included);
-- ``meta.json``: member, method, the three switches, seed, steps, config hash, git sha, run id,
-  number of test images, grid.
+- ``meta.json``: member, method, the three switches, the loss weights, seed, steps, config hash, git
+  sha, run id, number of test images, grid;
+- ``training.csv``: the logged training and validation curves (``train/*``, ``val/*``), the mean of
+  the points in each bin of ``TRAIN_BIN`` steps (row ``step`` = the bin's last step): loss terms,
+  the latent discriminator's outputs and accuracy, validation losses.
 Files are written atomically and an export of the same run is byte-identical, so exporting a seed
 again (say after a re-evaluation) is safe; a member whose run is not finished is not exported.
 """
@@ -19,6 +22,9 @@ from e4e.fileio import atomic_write
 
 DATA_ROOT = Path("reports/data/ablation_study")
 GRID = "ablation_study"
+TRAIN_BIN = 100
+LOSS_WEIGHTS = {"loss_l2": "loss.l2_lambda", "loss_lpips": "loss.lpips_lambda", "loss_id": "loss.id_lambda",
+                "loss_delta_reg": "delta_reg.weight", "loss_adv": "adversarial.weight"}
 SWITCHES = {"delta_reg": "delta_reg.enabled", "adversarial": "adversarial.enabled",
             "progressive": "progressive.enabled"}
 
@@ -38,9 +44,23 @@ def member_meta(row: pd.Series, seed: int, n_images: int) -> dict:
     get = lambda k: row.get(k) if k in row.index else None  # noqa: E731
     return {"member": str(row["member"]), "method": str(row["method"]), "seed": int(seed),
             "switches": {name: _flag(get(f"params.{key}")) for name, key in SWITCHES.items()},
+            "loss_weights": {term: float(get(f"params.{key}")) for term, key in LOSS_WEIGHTS.items()
+                             if get(f"params.{key}") is not None},
             "steps": int(float(get("params.max_steps"))) if get("params.max_steps") is not None else None,
             "config_hash": get("tags.config_hash"), "git_sha": get("tags.git_sha"), "run_id": str(row["run_id"]),
             "n_images": int(n_images), "grid": get("tags.grid")}
+
+
+def training_curves(run_id: str, uri: str, bin_steps: int = TRAIN_BIN) -> pd.DataFrame:
+    """The run's ``train/*`` and ``val/*`` histories, averaged in bins of ``bin_steps`` steps (wide)."""
+    from experiments import report as R
+
+    keys = [k for k in R.training_keys(run_id, uri, min_points=1) if k.startswith(("train/", "val/"))]
+    hist = R.training_history(run_id, keys, uri)
+    if hist.empty:
+        return pd.DataFrame(columns=["step"])
+    hist["step"] = -(-hist["step"].clip(lower=1) // bin_steps) * bin_steps
+    return hist.pivot_table(index="step", columns="key", values="value", aggfunc="mean").reset_index()
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -68,6 +88,7 @@ def export_seed(uri: str, seed: int, root: Path | str = DATA_ROOT, experiment: s
                    if k.startswith("metrics.test/") and v == v}
         _write_text(out / "per_image.csv", per.to_csv(index=False))
         _write_text(out / "metrics.json", json.dumps(dict(sorted(metrics.items())), indent=1) + "\n")
+        _write_text(out / "training.csv", training_curves(row["run_id"], uri).to_csv(index=False, float_format="%.6g"))
         _write_text(out / "meta.json", json.dumps(member_meta(row, seed, len(per)), indent=1) + "\n")
         done.append(str(name))
     return done
@@ -79,7 +100,8 @@ def load_seed(path: Path | str) -> dict[str, dict]:
     for d in sorted(p for p in Path(path).iterdir() if (p / "meta.json").is_file()):
         out[d.name] = {"per_image": pd.read_csv(d / "per_image.csv"),
                        "metrics": json.loads((d / "metrics.json").read_text()),
-                       "meta": json.loads((d / "meta.json").read_text())}
+                       "meta": json.loads((d / "meta.json").read_text()),
+                       "training": pd.read_csv(d / "training.csv") if (d / "training.csv").is_file() else None}
     return out
 
 
