@@ -101,7 +101,8 @@ def load_checkpoint(path, allow_pickle: bool = False, map_location="cpu") -> Any
             if allow_pickle:
                 return torch.load(p, map_location=map_location, weights_only=False)
             raise CheckpointError(f"{p}: the checkpoint pickles Python objects {sorted(unsafe) or '(unknown)'}; "
-                             "pass --allow-pickle (allow_pickle=True) only if you trust the file") from None
+                                  "nothing in it was executed. Load it only if you trust the file: --allow-pickle "
+                                  "of experiments.evaluate / experiments.invert (allow_pickle=True)") from None
     except pickle.UnpicklingError as e:
         reason = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(e) + "\n", re.S)
         raise CheckpointError(f"{p}: refused by the safe loader (weights_only=True: "
@@ -155,11 +156,26 @@ def checkpoint_kind(obj) -> str:
     return next((name for name, test in KINDS if test(obj)), "unknown")
 
 
-def _wrong_kind(path, kind: str, wanted: str, obj) -> ValueError:
+def _wrong_kind(path, kind: str, wanted: str, obj) -> CheckpointError:
     if kind == "unknown":
         keys = sorted(map(str, obj))[:8] if _is_mapping(obj) else type(obj).__name__
-        return ValueError(f"{path}: not a {wanted} checkpoint this harness knows (top-level keys: {keys})")
-    return ValueError(f"{path}: this is {KIND_HELP[kind]} (not a {wanted} checkpoint)")
+        return CheckpointError(f"{path}: not a {wanted} checkpoint this harness knows (top-level keys: {keys})")
+    return CheckpointError(f"{path}: this is {KIND_HELP[kind]} (not a {wanted} checkpoint)")
+
+
+def require_keys(obj: dict, keys, path, what: str) -> None:
+    """A ``CheckpointError`` naming the file and the keys missing from a checkpoint of kind ``what``."""
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: this {what} checkpoint lacks {missing} (incomplete or from another tool)")
+
+
+def check_finite(tensors: dict, path) -> None:
+    """A ``CheckpointError`` naming the first tensors with NaN or inf values (a diverged or damaged file)."""
+    bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values, e.g. {bad[:3]} (a diverged or "
+                              "damaged checkpoint)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +385,17 @@ def _official_inverter(obj: dict, path, method: str | None) -> Inverter:
     return _build_inverter(method, kw, enc, dec, la, inv_kwargs, path)
 
 
+OWN_INVERTER_KEYS = ("method", "encoder_kwargs", "encoder", "decoder", "latent_avg")
+
+
 def _own_inverter(obj: dict, path) -> Inverter:
+    require_keys(obj, OWN_INVERTER_KEYS, path, "e4e-lab inverter")
+    n_gen = 2 * (generator_config(obj["decoder"])["size"].bit_length() - 1) - 2
+    rows = {"encoder": (obj["encoder_kwargs"] or {}).get("n_latent", n_gen),
+            "latent_avg": obj["latent_avg"].reshape(-1, obj["latent_avg"].shape[-1]).shape[0]}
+    if rows["encoder"] != n_gen or rows["latent_avg"] not in (1, n_gen):
+        raise CheckpointError(f"{path}: W+ rows {rows} do not fit its generator, which needs {n_gen}: the encoder "
+                              "and the generator of this file do not belong together")
     inv_kwargs = dict(obj.get("inverter_kwargs") or {})
     if isinstance(inv_kwargs.get("input_size"), list):
         inv_kwargs["input_size"] = tuple(inv_kwargs["input_size"])
@@ -382,6 +408,10 @@ def load_inverter(path, device="cpu", allow_pickle: bool = False, method: str | 
     ``method`` overrides the detection for official files whose ``opts`` are missing."""
     obj = load_checkpoint(path, allow_pickle)
     kind = checkpoint_kind(obj)
+    if kind == INVERTER_FORMAT:
+        check_finite({**obj.get("encoder", {}), "latent_avg": obj.get("latent_avg")}, path)
+    if kind == "official_inverter":
+        check_finite(obj["state_dict"], path)
     loaders = {INVERTER_FORMAT: lambda: _own_inverter(obj, path),
                "official_inverter": lambda: _official_inverter(obj, path, method)}
     if kind not in loaders:

@@ -81,21 +81,15 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
 
 
 def check_out_dir(path, what: str = "--out") -> Path:
-    """An output folder that exists as a folder or can be created (its first existing parent is a
-    writable folder); checked before any work, nothing is created. A ``ConfigError`` otherwise."""
-    import os
-
+    """An output folder that exists as a folder or can be created (``e4e.fileio.folder_problem``),
+    checked before any work; nothing is created. A ``ConfigError`` otherwise."""
     from e4e.config import ConfigError
+    from e4e.fileio import folder_problem
 
-    path = Path(path)
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ConfigError(f"{what} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: {probe} is not writable")
-    return path
+    problem = folder_problem(path)
+    if problem:
+        raise ConfigError(f"{what} {path}: {problem}")
+    return Path(path)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

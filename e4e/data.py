@@ -10,6 +10,8 @@ Decisions (README "Data"):
   ``ValueError`` naming the file.
 - ``scan_images`` decodes every file once and separates good files from bad ones with the reason,
   either skipping the bad ones or raising on the first.
+- An EXIF orientation tag is applied (the pixels as a viewer shows them) with a ``UserWarning``
+  naming the file; an image too large to decode safely (PIL's decompression-bomb limit) is unreadable.
 - Resizing uses bilinear interpolation with antialiasing, on the [-1, 1] tensor.
 
 FFHQ alignment (dlib landmarks) lives in ``e4e.align``.
@@ -25,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["DomainSpec", "DOMAINS", "get_domain", "IMAGE_EXTENSIONS", "list_images", "load_image",
            "scan_images", "check_image_folder", "resize_image", "domain_transform", "ImageFolderDataset"]
@@ -78,12 +80,22 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def _decode(path: Path) -> np.ndarray:
-    """Decode ``path`` to uint8 RGB [H, W, 3]; ValueError for unreadable files, warning on conversion."""
+    """Decode ``path`` to uint8 RGB [H, W, 3]; ValueError for unreadable files (an image too large to
+    decode safely included), a warning on conversion. An EXIF orientation tag is applied (the image
+    as a viewer shows it), with a warning naming the file."""
+    notes = []
     try:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
+                notes.append(f"EXIF orientation {orientation} applied")
             if mode == "RGB":
                 arr = np.asarray(im)
             else:
@@ -92,10 +104,11 @@ def _decode(path: Path) -> np.ndarray:
                     scale = 65535.0 if a.max() > 255 else 255.0
                     im = Image.fromarray(np.clip(a / scale * 255 + 0.5, 0, 255).astype(np.uint8), "L")
                 arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                notes.append(f"mode {mode} converted to RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-    if mode != "RGB":
-        warnings.warn(f"{path}: mode {mode} converted to RGB", UserWarning, stacklevel=3)
+    if notes:
+        warnings.warn(f"{path}: {', '.join(notes)}", UserWarning, stacklevel=3)
     return arr
 
 

@@ -52,7 +52,9 @@ def _pca_from_mapping(d: dict) -> dict[str, torch.Tensor]:
 
 
 def _load_torch(path: Path):
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from e4e.checkpoints import load_checkpoint
+
+    obj = load_checkpoint(path)  # weights_only: a file that pickles code is refused, never run (CheckpointError)
     if isinstance(obj, dict):
         return _pca_from_mapping(obj)
     return obj.float()

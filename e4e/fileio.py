@@ -4,6 +4,7 @@ file system), so a reader sees the old file or the new one, never half of either
 processes writing the same path never share a temporary file."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,21 +17,82 @@ def cache_root() -> Path:
     return Path(os.environ.get("E4E_CACHE") or Path.home() / ".cache" / "e4e-lab")
 
 
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be used as an output folder (it or a parent is a file, or the first
+    existing parent is not writable), or None. Creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """``write(file_object)`` into a unique temporary file beside ``path``, then rename it to ``path``."""
+    """``write(file_object)`` into a unique temporary file beside ``path``, then rename it to ``path``.
+    The temporary name carries the writer's host and pid: leftovers of writers that died (kill -9) are
+    removed the next time ``path`` is written. A full disk is an ``OSError`` (ENOSPC) naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_tmp_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:  # torch.save reports a failed write ("unexpected pos", "file write failed")
+        Path(tmp).unlink(missing_ok=True)
+        if not _write_failure(e):
+            raise
+        raise OSError(errno.ENOSPC, f"writing failed ({str(e).splitlines()[0][:120]}); is the disk full?",
+                      str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_failure(e: RuntimeError) -> bool:
+    text = str(e)
+    return "unexpected pos" in text or "file write failed" in text
+
+
+STALE_AFTER_S = 600  # a temporary file of unknown origin this old is a leftover (a live writer renames it sooner)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of earlier writes of ``path`` whose writer is gone: the pid named in
+    the file name is dead on this host, or (another host, an older name) the file is older than
+    ``STALE_AFTER_S``. Returns what was deleted."""
+    import glob
+    import time
+
+    path = Path(path)
+    gone = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        host, _, pid = owner.rpartition("-")
+        try:
+            if host == _tmp_host() and pid.isdigit():
+                dead = not _alive({"pid": int(pid), "host": _host()})
+            else:
+                dead = time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+            if dead:
+                tmp.unlink()
+                gone.append(tmp)
+        except OSError:
+            continue
+    return gone
+
+
+def _tmp_host() -> str:
+    """This host's name as it appears in temporary file names (no dots, at most 32 characters)."""
+    return _host().replace(".", "_")[:32]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -92,6 +154,29 @@ def _alive(info: dict) -> bool:
     return True
 
 
+def _missing_top(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None: it exists)."""
+    top = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
+def _remove_empty(folder: Path, top: Path | None) -> None:
+    """``rmdir`` from ``folder`` up to ``top`` while the folders are empty."""
+    if top is None:
+        return
+    for p in [folder, *folder.parents]:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
+
+
 class DirLock:
     """Exclusive use of a run directory by one process: ``with DirLock(out_dir):``. A lock left by a
     dead process (kill -9) is stale and taken over; the same process may enter it again (nested)."""
@@ -99,11 +184,13 @@ class DirLock:
     def __init__(self, directory: str | os.PathLike):
         self.path = Path(directory) / LOCK_NAME
         self.owned = False
+        self.created: Path | None = None
 
     def acquire(self) -> "DirLock":
         import json
         import time
 
+        self.created = _missing_top(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
@@ -123,9 +210,12 @@ class DirLock:
         raise LockedError(self.path, lock_info(self.path.parent) or {})
 
     def release(self) -> None:
+        """Remove the lock; folders that ``acquire`` created and that are still empty go too (a run
+        that stopped at start-up leaves no trace)."""
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
+            _remove_empty(self.path.parent, self.created)
 
     def __enter__(self) -> "DirLock":
         return self.acquire()

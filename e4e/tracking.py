@@ -34,15 +34,120 @@ def _sqlite_path(uri: str) -> Path | None:
     return None
 
 
-def get_client(uri: str | None = None):
-    """An ``MlflowClient`` for ``uri`` (default ``tracking_uri()``); creates the sqlite folder."""
+def get_client(uri: str | None = None, must_exist: bool = False):
+    """An ``MlflowClient`` for ``uri`` (default ``tracking_uri()``) after ``check_store``; creates the
+    sqlite folder unless ``must_exist`` (a reader: a missing store is an error, never created)."""
     from mlflow.tracking import MlflowClient
 
-    uri = uri or tracking_uri()
+    uri = check_store(uri or tracking_uri(), must_exist)
     db = _sqlite_path(uri)
-    if db is not None:
+    if db is not None and not must_exist:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
+
+
+STORE_TIMEOUT_S = 5.0   # a dead tracking server or a locked database fails within this, not minutes later
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_store(uri: str, must_exist: bool = False) -> str:
+    """``uri`` if its store can be used, else a ``ConfigError`` saying why, within seconds and before
+    anything is written: an unknown scheme, a malformed URI, a sqlite path that is a folder, not a
+    database, truncated or locked, an unwritable store folder, an http server that does not answer.
+    ``must_exist``: a missing sqlite file or store folder is an error too (readers create nothing)."""
+    from urllib.parse import urlparse
+
+    from e4e.config import ConfigError
+
+    scheme = urlparse(uri).scheme.split("+")[0].lower() or ("databricks" if uri == "databricks" else "")
+    if scheme not in STORE_CHECKS:
+        raise ConfigError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, "
+                          f"http(s)://host:port or a folder (known: {', '.join(sorted(filter(None, STORE_CHECKS)))})")
+    problem = STORE_CHECKS[scheme](uri, must_exist)
+    if problem:
+        raise ConfigError(f"tracking URI {uri}: {problem}")
+    return uri
+
+
+def _check_sqlite(uri: str, must_exist: bool) -> str | None:
+    db = _sqlite_path(uri)
+    if db is None or not str(db).strip():
+        return "malformed; write sqlite:///relative/path/mlflow.db or sqlite:////absolute/path/mlflow.db"
+    if db.exists() and not db.is_file():
+        return f"{db} is not a database file (a folder?)"
+    if not db.exists():
+        return f"no MLflow store at {db}" if must_exist else _folder_problem(db.parent)
+    return _sqlite_problem(db)
+
+
+def _sqlite_problem(db: Path) -> str | None:
+    """A file that is not SQLite, one shorter than its header says (truncated), or one another process
+    holds locked beyond ``STORE_TIMEOUT_S``."""
+    import sqlite3
+
+    with open(db, "rb") as f:
+        head = f.read(100)
+    if not head:
+        return None  # an empty file: MLflow creates its tables in it
+    if not head.startswith(SQLITE_MAGIC):
+        return f"{db} is not an SQLite database"
+    page = int.from_bytes(head[16:18], "big") or 65536
+    pages = int.from_bytes(head[28:32], "big")
+    if pages and db.stat().st_size < page * pages:
+        return f"{db} is truncated ({db.stat().st_size} bytes, its header says {page * pages})"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=STORE_TIMEOUT_S)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        return f"{db} cannot be read ({e}); locked by another process, or damaged"
+    return None
+
+
+def _check_folder(uri: str, must_exist: bool) -> str | None:
+    from urllib.parse import urlparse
+
+    folder = Path(urlparse(uri).path if uri.startswith("file:") else uri)
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a store folder"
+    if not folder.exists():
+        return f"no MLflow store at {folder}" if must_exist else _folder_problem(folder)
+    return None
+
+
+def _folder_problem(folder: Path) -> str | None:
+    from e4e.fileio import folder_problem
+
+    return folder_problem(folder)
+
+
+def _check_server(uri: str, must_exist: bool) -> str | None:
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        url = urlparse(uri)
+        host, port = url.hostname, url.port or (443 if url.scheme.lower() == "https" else 80)
+    except ValueError as e:
+        return f"malformed ({e})"
+    if not host:
+        return "malformed: no host (http://host:port)"
+    try:
+        socket.create_connection((host, port), timeout=STORE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"the tracking server {host}:{port} does not answer ({e.strerror or e}); start it or fix the URI"
+    return None
+
+
+def _unchecked(uri: str, must_exist: bool) -> None:
+    return None  # database servers and managed stores: MLflow reports their errors
+
+
+STORE_CHECKS = {"sqlite": _check_sqlite, "http": _check_server, "https": _check_server, "file": _check_folder,
+                "": _check_folder, "postgresql": _unchecked, "mysql": _unchecked, "mssql": _unchecked,
+                "databricks": _unchecked}
 
 
 def artifact_root_for(uri: str, experiment: str) -> str | None:

@@ -18,11 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-from e4e.cli import add_allow_pickle_flag, add_device_flag, allow_pickle, guarded
+from e4e.cli import Parser, add_allow_pickle_flag, add_device_flag, allow_pickle, check_out_dir, guarded, positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.invert", description=__doc__,
+    p = Parser(prog="python -m experiments.invert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="folder of .png/.jpg/.jpeg images (e4e.data conventions)")
     p.add_argument("--out", required=True, help="output folder")
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--encoder", help="optim_from_encoder: the encoder checkpoint giving the start codes")
     src.add_argument("--config", action="append", default=[], metavar="YAML",
                      help="experiment YAML for the projection settings / domain (optional)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch (default: 8)")
     add_device_flag(p)
     p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--no-recon", action="store_true", help="do not write reconstruction PNGs")
@@ -89,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     from e4e.cli import resolve_device
 
     device = resolve_device(args.device)
+    out = check_out_dir(args.out)
     paths = list_images(Path(args.images))
-    inverter, source = build_inverter(args, device)
     if not paths:
         print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    inverter, source = build_inverter(args, device)
     (out / "recon").mkdir(parents=True, exist_ok=True)
     size_hw = _size_hw(inverter.input_size)
 

@@ -54,14 +54,23 @@ def _orphan_run(client, out_dir: Path, chash: str) -> str | None:
     return run_id
 
 
-def load_training_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint of this trainer, loaded with ``weights_only=True`` (a file that is not a
-    checkpoint, is truncated, or pickles Python objects raises ValueError naming it)."""
-    from e4e.checkpoints import load_checkpoint
+# what ``Trainer.resume`` reads from every training checkpoint
+TRAIN_KEYS = ("config_hash", "inverter", "optimizer", "data_order", "step", "best_val", "best_step", "run_id", "rng")
 
+
+def load_training_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint of this trainer, loaded with ``weights_only=True``; a file that is not
+    one (another kind of checkpoint, truncated, pickling Python objects, a folder, keys missing) is a
+    ``CheckpointError`` naming it."""
+    from e4e.checkpoints import CheckpointError, _wrong_kind, checkpoint_kind, load_checkpoint, require_keys
+
+    if Path(path).exists() and not Path(path).is_file():
+        raise CheckpointError(f"{path} is not a file: move it out of the run directory (the trainer writes its "
+                              "resume checkpoint there)")
     ck = load_checkpoint(path)
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path} is not an e4e-lab training checkpoint (format {CKPT_FORMAT!r})")
+        raise _wrong_kind(path, checkpoint_kind(ck), f"e4e-lab training ({CKPT_FORMAT!r})", ck)
+    require_keys(ck, TRAIN_KEYS, path, "training")
     return ck
 
 

@@ -49,6 +49,7 @@ def train(cfg: C.TrainConfig, *, run_id: str | None = None, generator: nn.Module
         raise C.ConfigError(f"model.method {cfg.model.method!r} is not a trained method; trained: {sorted(STEP_FNS)}"
                             " (optimisation methods run in baselines.optim / experiments.invert)")
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    T.check_store(tracking_uri or T.tracking_uri())  # a store that cannot be used stops here, before any write
     if device.type == "cuda":
         torch.cuda.set_device(device)
     info = D.setup(device)
@@ -150,6 +151,10 @@ class Trainer:
             train_set, auto_val = _build_datasets(cfg, self.input_size)
             val_set = val_set if val_set is not None else auto_val
         self.train_set, self.val_set = train_set, val_set
+        needed = cfg.batch_size * info.world
+        if len(train_set) < needed:
+            raise C.ConfigError(f"batch_size={cfg.batch_size} x {info.world} process(es) needs {needed} training "
+                                f"images, the training set has {len(train_set)}: lower batch_size or add images")
         self.order = ShardedOrder(len(train_set), cfg.batch_size, cfg.seed, info.rank, info.world)
         self.stream = BatchStream(train_set, self.order, cfg.data.num_workers)
 
@@ -174,17 +179,30 @@ class Trainer:
     def resume(self) -> None:
         """Restore ``last.pt`` when there is one (same config only); else seed the per-rank streams."""
         info = self.info
-        if not self.last_path.is_file():
+        if not self.last_path.exists():
             torch.manual_seed(self.cfg.seed + 1_000_003 * info.rank)  # per-rank noise / z streams
             return
         ck = load_training_checkpoint(self.last_path)
         if ck["config_hash"] != self.chash:
             raise C.ConfigError(f"{self.last_path} was written by a different configuration "
                                 f"(config_hash {ck['config_hash'][:10]} != {self.chash[:10]}); use another out_dir")
+        try:
+            self._restore(ck)
+        except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as e:
+            raise CK.CheckpointError(f"{self.last_path}: does not fit this run ({type(e).__name__}: "
+                                     f"{str(e)[:300]}); use another out_dir") from None
+        self.state = _State(ck["step"], ck["best_val"], ck["best_step"], ck["run_id"], ck.get("own_run", False),
+                            ck.get("last_logs", {}))
+        self.pending = ck.get("pending_metrics", [])
+        CK.set_rng_state(ck["rng"][info.rank])
+
+    def _restore(self, ck: dict) -> None:
+        """The inverter, optimisers, latent D, pools and data order of a training checkpoint."""
+        info = self.info
         missing, unexpected = self.inverter.load_state_dict(ck["inverter"], strict=False)
         bad = [k for k in missing if not k.startswith("decoder.")] + list(unexpected)
         if bad:
-            raise ValueError(f"{self.last_path}: inverter state does not match the model: {bad[:8]}")
+            raise ValueError(f"inverter state does not match the model: {bad[:8]}")
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.disc is not None:
             self.disc.load_state_dict(ck["disc"])
@@ -194,10 +212,6 @@ class Trainer:
                 _pool_load(self.pools[0], per_rank[info.rank][0])
                 _pool_load(self.pools[1], per_rank[info.rank][1])
         self.order.load_state_dict(ck["data_order"])
-        self.state = _State(ck["step"], ck["best_val"], ck["best_step"], ck["run_id"], ck.get("own_run", False),
-                            ck.get("last_logs", {}))
-        self.pending = ck.get("pending_metrics", [])
-        CK.set_rng_state(ck["rng"][info.rank])
 
     def open_run(self, run_id: str | None, tracking_uri: str | None) -> None:
         """Rank 0: the run handed in (a grid member), else the one ``last.pt`` records, else the orphan
