@@ -29,7 +29,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterable
 
-from e4e.cli import add_allow_pickle_flag, add_device_flag, add_tracking_flag, allow_pickle, guarded
+from e4e.cli import (Parser, add_allow_pickle_flag, add_device_flag, add_tracking_flag, allow_pickle, check_out_dir,
+                     comma_list, guarded, positive_int)
 from e4e.config import parse_dotlist
 
 DEFAULT_PREFIX = "test/"
@@ -234,19 +235,19 @@ def format_table(values: dict, unavailable: dict) -> str:
 # CLI
 # =============================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+    p = Parser(prog="python -m experiments.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="inverter checkpoint (official e4e / pSp / ReStyle or this project's)")
     src.add_argument("--run", help="MLflow run id: its 'checkpoint' tag is evaluated and metrics are logged to it")
     p.add_argument("--data", required=True, help="folder of (aligned) test images")
-    p.add_argument("--metrics", default="l2,msssim,swd",
+    p.add_argument("--metrics", type=comma_list, default="l2,msssim,swd",
                    help="comma-separated metric names (default: %(default)s); --list shows them")
     p.add_argument("--domain", default="synth", help="domain (directions, transforms; default: %(default)s)")
-    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+    p.add_argument("--size", type=positive_int, nargs="+", default=None, metavar="PX",
                    help="resize images to PX (or H W) instead of the domain's encoder input size")
-    p.add_argument("--n-images", type=int, default=None, help="evaluate the first N images (default: all)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: %(default)s)")
+    p.add_argument("--n-images", type=positive_int, default=None, help="evaluate the first N images (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch (default: %(default)s)")
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of SWD / reference samples (default: %(default)s)")
     p.add_argument("--direction", action="append", default=[], metavar="NAME=FILE",
@@ -269,7 +270,7 @@ def _checkpoint_of_run(client, run_id: str) -> str:
     for key in ("checkpoint", "best_checkpoint", "final_checkpoint"):
         if tags.get(key):
             return tags[key]
-    raise SystemExit(f"run {run_id} has no 'checkpoint' tag; pass --checkpoint")
+    raise LookupError(f"run {run_id} has no 'checkpoint' tag; pass --checkpoint")
 
 
 @guarded(ValueError, LookupError)
@@ -289,16 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     from e4e import editing, tracking
     from e4e.checkpoints import load_inverter
 
-    client = None if args.no_mlflow else tracking.get_client(args.tracking_uri)
-    ckpt = args.checkpoint or _checkpoint_of_run(client or tracking.get_client(args.tracking_uri), args.run)
     from e4e.cli import resolve_device
 
-    args.device = resolve_device(args.device)
+    args.device = resolve_device(args.device)  # device, output folder and store checked before any work
+    if args.out:
+        check_out_dir(args.out)
+    must_exist = args.run is not None  # a run is read from an existing store, never from a new one
+    client = None if args.no_mlflow else tracking.get_client(args.tracking_uri, must_exist)
+    ckpt = args.checkpoint or _checkpoint_of_run(client or tracking.get_client(args.tracking_uri, must_exist), args.run)
     inverter = load_inverter(ckpt, device=args.device, allow_pickle=allow_pickle(args)).eval()
     size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
     images = load_images(args.data, args.domain, args.n_images, size=size)
     directions = {k: editing.load_direction(str(v)) for k, v in direction_files.items()}
-    names = [n for n in args.metrics.split(",") if n.strip()]
+    names = args.metrics
     t0 = time.perf_counter()
     with torch.no_grad():
         values, per_image, unavailable = evaluate(
