@@ -157,6 +157,17 @@ def artifact_root_for(uri: str, experiment: str) -> str | None:
     return (db.resolve().parent / "artifacts" / experiment).as_uri()
 
 
+def filter_literal(value: str) -> str:
+    """``value`` quoted for an MLflow filter string (``tags.grid = <literal>``): single quotes, or double
+    ones when it holds a single quote; a value with both cannot be searched (``ConfigError``)."""
+    from e4e.config import ConfigError, short_repr
+
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise ConfigError(f"{short_repr(value)}: a name with both quote characters cannot be searched in MLflow")
+
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from e4e.cli import HelpFormatter
+from e4e.cli import HelpFormatter, Parser, guarded
 
 SETUP = """\
 import os
@@ -310,8 +310,9 @@ def build(out: Path) -> list[Path]:
     return written
 
 
+@guarded()
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.make_notebooks", description=__doc__.split("\n\n")[0],
+    ap = Parser(prog="python -m experiments.make_notebooks", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "notebooks"),
                     help="folder to write the notebooks into")

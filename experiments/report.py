@@ -19,7 +19,6 @@ artifacts ``eval/per_image.csv`` and ``eval/qualitative.npz``, and the tags ``gr
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
-from e4e.cli import HelpFormatter
+from e4e.cli import HelpFormatter, Parser, check_out_dir, guarded, positive_int
 
 __all__ = [
     "DEFAULT_TRACKING_URI", "METRIC_GROUPS", "SUMMARY_COLUMNS", "summarize", "summary_table", "mean_of", "NOTEBOOKS", "TEST_PREFIX", "tracking_uri", "experiment_name",
@@ -95,7 +94,7 @@ def grid_filter() -> str | None:
 def _client(uri: str | None = None):
     from e4e.tracking import get_client
 
-    return get_client(uri or tracking_uri())
+    return get_client(uri or tracking_uri(), must_exist=True)  # a reader: a missing store is an error, not created
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,9 +110,11 @@ def member_runs(experiment: str | None = None, grid: str | None = None, uri: str
     """
     import mlflow
 
+    from e4e.tracking import check_store, filter_literal
+
     experiment = experiment or experiment_name()
     grid = grid if grid is not None else grid_filter()
-    mlflow.set_tracking_uri(uri or tracking_uri())
+    mlflow.set_tracking_uri(check_store(uri or tracking_uri(), must_exist=True))
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment {experiment!r} in {uri or tracking_uri()}; "
@@ -122,7 +123,7 @@ def member_runs(experiment: str | None = None, grid: str | None = None, uri: str
     if only_done:
         filters += ["attributes.status = 'FINISHED'", f"tags.`{STAGE_TAG}` = '{DONE}'"]
     if grid:
-        filters.append(f"tags.grid = '{grid}'")
+        filters.append(f"tags.grid = {filter_literal(grid)}")
     df = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" and ".join(filters),
                             order_by=["attributes.start_time DESC"], max_results=5000)
     if df.empty:
@@ -467,8 +468,27 @@ def _absolute_uri(uri: str) -> str:
     return uri
 
 
+def _notebook_paths(names: list[str] | None) -> list[Path] | None:
+    """``--notebooks``: each a path, or a name in ``notebooks/``; a missing one is a ``ConfigError``."""
+    from e4e.config import ConfigError
+
+    paths = [Path(n) if Path(n).exists() else NOTEBOOKS_DIR / n for n in names or []]
+    missing = [n for n, p in zip(names or [], paths) if not p.is_file()]
+    if missing:
+        raise ConfigError(f"notebook(s) not found: {', '.join(missing)} (a path, or a name in {NOTEBOOKS_DIR})")
+    return paths or None
+
+
+def _check_source(uri: str, experiment: str) -> None:
+    """The store exists and holds ``experiment`` (checked before any notebook runs; nothing is created)."""
+    if _client(uri).get_experiment_by_name(experiment) is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} in {uri}; run `python -m experiments.grid run ...` "
+                          "first, or pass --experiment / --tracking-uri")
+
+
+@guarded(LookupError)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0],
+    ap = Parser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("--tracking-uri", default=tracking_uri(), help="MLflow tracking URI to read")
     ap.add_argument("--experiment", default=experiment_name(), help="MLflow experiment (= domain)")
@@ -476,13 +496,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(reports_dir()), help="reports directory (figures/, tables/)")
     ap.add_argument("--notebooks", nargs="*", default=None,
                     help=f"notebooks to run (default: {', '.join(NOTEBOOKS)})")
-    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--timeout", type=positive_int, default=600, help="per-cell timeout in seconds")
     ap.add_argument("--no-save-executed", action="store_true", help="do not write executed notebook copies")
     ap.add_argument("--no-log-parent", action="store_true",
                     help="do not attach the figures and tables to the grid's parent run (with --grid)")
     args = ap.parse_args(argv)
 
-    nbs = [p if Path(p).exists() else NOTEBOOKS_DIR / p for p in args.notebooks] if args.notebooks else None
+    nbs = _notebook_paths(args.notebooks)
+    check_out_dir(args.out)
+    _check_source(args.tracking_uri, args.experiment)
     print(f"reports from {args.tracking_uri} experiment {args.experiment!r} -> {args.out}", flush=True)
     results = execute_notebooks(nbs, uri=args.tracking_uri, experiment=args.experiment, out=args.out,
                                 grid=args.grid, timeout=args.timeout, save_executed=not args.no_save_executed)
@@ -506,7 +528,9 @@ def log_to_parent(uri: str, experiment: str, grid: str, out: Path) -> str | None
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.grid = '{grid}' and tags.`grid.parent` = 'true'",
+    from e4e.tracking import filter_literal
+
+    runs = client.search_runs([exp.experiment_id], f"tags.grid = {filter_literal(grid)} and tags.`grid.parent` = 'true'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return None

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from e4e.cli import Parser, check_out_dir, comma_list, guarded
+
 DEFAULT_METRICS = ("l2", "msssim", "id_domain", "latent_dist_w_pca95", "latent_dist_w_pca95_resid",
                    "edit_smile_leak", "edit_age_leak", "edit_yaw_leak", "lec_smile_12", "lec_img_smile_12",
                    "lec_feat_smile_12")
@@ -62,23 +64,25 @@ def across_seeds(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+@guarded(LookupError)
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.seeds", description=__doc__,
+    p = Parser(prog="python -m experiments.seeds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", action="append", required=True, help="MLflow tracking URI of one seed (repeatable)")
     p.add_argument("--member", default="e4e", help="member compared (default: %(default)s)")
     p.add_argument("--reference", default="psp", help="reference member (default: %(default)s)")
     p.add_argument("--experiment", default="synth", help="MLflow experiment (default: %(default)s)")
     p.add_argument("--grid", default="paper_ablation", help="grid whose members are read (default: %(default)s)")
-    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--metrics", type=comma_list, default=",".join(DEFAULT_METRICS), help="comma-separated (default: %(default)s)")
     p.add_argument("--out", default=None, help="write <out>.csv and <out>.md (default: print only)")
     args = p.parse_args(argv)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    try:
-        long = seed_differences(args.store, args.member, args.reference, args.experiment, args.grid, metrics)
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from e4e.tracking import check_store
+
+    for uri in args.store:  # every store exists and answers before any is read (none is created)
+        check_store(uri, must_exist=True)
+    if args.out:
+        check_out_dir(Path(args.out).parent, "--out")
+    long = seed_differences(args.store, args.member, args.reference, args.experiment, args.grid, args.metrics)
     from experiments.report import to_markdown
 
     table = across_seeds(long)

@@ -22,7 +22,7 @@ import importlib
 import json
 import sys
 import time
-from e4e.cli import HelpFormatter, add_device_flag, guarded, resolve_device
+from e4e.cli import HelpFormatter, Parser, add_device_flag, guarded, resolve_device
 
 __all__ = ["build_parser", "main"]
 
@@ -92,7 +92,7 @@ def _run_train_attrnet(args):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with this module's subcommands and any registered by extensions."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.synth", description=__doc__,
+    parser = Parser(prog="python -m experiments.synth", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)

@@ -15,7 +15,7 @@ import json
 import sys
 
 from e4e import config as C
-from e4e.cli import guarded
+from e4e.cli import Parser, guarded
 
 
 def _key_table() -> str:
@@ -29,7 +29,7 @@ def _key_table() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__,
+    p = Parser(prog="python -m experiments.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_key_table())
     p.add_argument("--config", action="append", default=[], metavar="YAML",
                    help="experiment YAML (deltas only); repeat to combine, e.g. a domain file and a method file")

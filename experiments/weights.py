@@ -13,6 +13,7 @@ import json
 import sys
 
 from e4e import weights
+from e4e.cli import Parser, guarded
 
 COLUMNS = ("status", "key", "file", "purpose", "used_by", "source")
 
@@ -37,8 +38,9 @@ def format_table(table: list[dict], columns=COLUMNS, max_width: int = 60) -> str
     return "\n".join(lines)
 
 
+@guarded()
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.weights", description=__doc__.split("\n\n")[0],
+    ap = Parser(prog="python -m experiments.weights", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Search order: explicit path > $E4E_WEIGHTS > ./weights > "
                                         "$TORCH_HOME/hub/checkpoints")

@@ -8,8 +8,9 @@ Layout written under ``out``::
     .synth-build.json      the marker: what this builder wrote here (``BUILD_MARKER``)
 
 ``out`` must be empty (or missing) or a folder this builder wrote: one with the marker, or one
-written before the marker existed, recognised by holding only the builder's own names
-(``meta.json``, ``attributes.csv``, ``<split>/NNNNNN.png``) and its ``meta.json``. A rebuild deletes
+written before the marker existed, recognised by the builder's ``meta.json`` (its seed and counts);
+there the builder's own names (``meta.json``, ``attributes.csv``, ``<split>/NNNNNN.png``) count as
+its files. A rebuild deletes
 and replaces only the files the marker lists (a smaller set leaves none of the larger one behind);
 any other file in ``out`` stops the build before anything is written (``ConfigError``), unless
 ``force=True``, which keeps those files and still replaces only the builder's own; a foreign file
@@ -65,6 +66,15 @@ def _listing(out: Path) -> set[str]:
     return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink()}
 
 
+def _is_build_meta(path: Path) -> bool:
+    """``path`` is a ``meta.json`` this builder wrote (an object with its ``seed`` and ``counts``)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "seed" in meta and isinstance(meta.get("counts"), dict)
+
+
 def check_build_args(n_train: int, n_test: int, n_val: int, size: int, supersample: int, gap: float) -> None:
     """The argument ranges of a build (``ConfigError`` naming the first bad one)."""
     from e4e.config import ConfigError
@@ -110,8 +120,8 @@ def plan_build_folder(out: str | os.PathLike, counts: dict[str, int], force: boo
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"--out {out}: unreadable build marker {marker} ({exc}); "
                               f"remove it if the folder is yours to rebuild") from None
-    elif present and all(p in _TOP_FILES or _OWN_NAME.match(p) for p in present) and (out / "meta.json").is_file():
-        ours = set(present)   # built before the marker existed: only the builder's own names
+    elif _is_build_meta(out / "meta.json"):   # built before the marker existed: the builder's own names
+        ours = {p for p in present if p in _TOP_FILES or _OWN_NAME.match(p)}
     else:
         ours = set()
     foreign = sorted(present - ours)

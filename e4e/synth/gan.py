@@ -54,7 +54,7 @@ from e4e import config as C
 from e4e import dist as D
 from e4e import losses as L
 from e4e import tracking as T
-from e4e.cli import add_tracking_flag, resolve_device
+from e4e.cli import Parser, add_tracking_flag, guarded, resolve_device
 from e4e.models.stylegan2 import Discriminator, Generator
 from e4e.fileio import save_grid
 
@@ -681,8 +681,9 @@ def add_cli(subparsers) -> None:
     e.set_defaults(func=run_export)
 
 
+@guarded()
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(prog="python -m e4e.synth.gan", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m e4e.synth.gan", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_cli(sub)
     args = parser.parse_args(argv)

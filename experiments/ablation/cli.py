@@ -59,7 +59,7 @@ def _cmd_effects(args) -> int:
     study = E.load_study(args.root)
     if not study:
         raise LookupError(f"no exported seed under {args.root}")
-    metrics = F.default_metrics(args.direction, args.strength)
+    metrics = F.default_metrics([d.strip() for d in args.directions.split(",") if d.strip()], args.strength)
     for path in write_tables(study, Path(args.out), metrics):
         print(path)
     return 0
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=HelpFormatter)
     ef.add_argument("--root", default=str(E.DATA_ROOT), help="the exported seeds")
     ef.add_argument("--out", default="reports", help="tables/ and figures/ go here")
-    ef.add_argument("--direction", default="smile", help="the LEC direction")
+    ef.add_argument("--directions", default="age,smile", help="the LEC directions (comma-separated)")
     ef.add_argument("--strength", type=float, default=12, help="the LEC edit strength")
     ef.set_defaults(fn=_cmd_effects)
     return ap

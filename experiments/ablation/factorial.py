@@ -44,13 +44,14 @@ def lec_metrics(direction: str = "smile", strength: float | int = 12) -> list[st
             f"lec_img_{s}", f"lec_feat_{s}"]
 
 
-def default_metrics(direction: str = "smile", strength: float | int = 12) -> list[str]:
-    """The study's metrics: distortion, LEC (raw and against its baselines), distance to W, w recovery,
-    edit gain and leak, realism."""
-    return (["l2", "msssim", "id_domain"] + lec_metrics(direction, strength)
+def default_metrics(directions=("age", "smile"), strength: float | int = 12) -> list[str]:
+    """The study's metrics: distortion, LEC along each direction (raw and against its baselines),
+    distance to W, w recovery, edit gain and leak, realism (edit FID along the first direction)."""
+    lec = [m for d in directions for m in lec_metrics(d, strength)]
+    return (["l2", "msssim", "id_domain"] + lec
             + ["latent_dist_w_pca95", "latent_dist_w_pca95_resid", "latent_offset", "w_recovery", "w_recovery_l2",
                "edit_smile_gain_raw", "edit_age_gain_raw", "edit_yaw_gain_raw", "edit_leak",
-               f"edit_fid_{direction}_{float(strength):g}", "fid_domain"])
+               f"edit_fid_smile_{float(strength):g}", "fid_domain"])
 
 
 def with_derived(per_image: pd.DataFrame) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from e4e.cli import HelpFormatter, add_tracking_flag, guarded
+from e4e.cli import HelpFormatter, Parser, add_tracking_flag, guarded
 
 from experiments.grid.spec import DEFAULT_RUNS_DIR, GridError, GridSpec, load_grid, parse_dotlist
 from experiments.grid.plan import _absolute_sqlite, _client
@@ -69,7 +69,7 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status}
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
-    ap = argparse.ArgumentParser(prog="python -m experiments.grid", description=__doc__.split("\n\n")[0],
+    ap = Parser(prog="python -m experiments.grid", description=__doc__.split("\n\n")[0],
                                  formatter_class=fmt)
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train + evaluate every member not yet finished", formatter_class=fmt)

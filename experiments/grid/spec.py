@@ -216,6 +216,8 @@ def load_grid(path: str | Path, domain: str | None = None, profile: str | None =
     ``{"n_images": 200, "options.edit_n_ref": 128}``) apply to the evaluation spec last.
     """
     path = Path(path)
+    if domain is not None:   # it names the variant file, the MLflow experiment and a folder
+        check_name("domain", domain, "--domain")
     data = _resolve_file(path)
     variant = domain_variant(path, domain) if domain else None
     if variant is not None:
