@@ -109,10 +109,7 @@ def test_export_round_trips_through_the_files(tmp_path):
                                   F.effects_table(study, ["l2", "fid_domain"])[cols], atol=1e-9)
 
 
-def test_effects_cli_writes_tables_and_a_vector_figure(tmp_path):
-    from experiments.ablation.cli import main
-
-    root = tmp_path / "data"
+def _write_planted(root):
     for seed, members in planted_study().items():
         for name, m in members.items():
             out = E.seed_dir(root, seed) / name
@@ -120,6 +117,13 @@ def test_effects_cli_writes_tables_and_a_vector_figure(tmp_path):
             m["per_image"].to_csv(out / "per_image.csv", index=False)
             (out / "metrics.json").write_text(json.dumps(m["metrics"]))
             (out / "meta.json").write_text(json.dumps(m["meta"]))
+
+
+def test_effects_cli_writes_tables_and_a_vector_figure(tmp_path):
+    from experiments.ablation.cli import main
+
+    root = tmp_path / "data"
+    _write_planted(root)
     assert main(["effects", "--root", str(root), "--out", str(tmp_path / "r")]) == 0
     table = pd.read_csv(tmp_path / "r/tables/ablation_effects.csv")
     assert list(table.columns[:8]) == ["effect", "metric", "estimate", "se", "t", "n_seeds", "steps", "n_images"]
@@ -212,3 +216,19 @@ def test_mechanism_loss_shares_from_training_curves():
     assert t.loc["e4e", "share_l2"] == pytest.approx(0.2) and t.loc["e4e", "share_adv"] == pytest.approx(0.6)
     assert t.loc["e4e", "d_acc_fake"] == pytest.approx(0.85) and t.loc["e4e", "offset_row1"] == 0.25
     assert t.loc["e4e", "n_seeds"] == 3
+
+
+def test_notebook_runs_on_the_exported_files_alone(tmp_path, monkeypatch):
+    import jupytext
+    from nbclient import NotebookClient
+
+    from test_grid import REPO
+
+    _write_planted(tmp_path / "data")
+    nb = jupytext.read(REPO / "notebooks" / "08_ablation_study.py")
+    monkeypatch.setenv("E4E_ABLATION_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("E4E_REPORTS_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(REPO)}}).execute()
+    assert (tmp_path / "out/tables/ablation_effects.csv").is_file()
+    assert (tmp_path / "out/figures/ablation_effects.pdf").is_file()

@@ -34,6 +34,7 @@ def effects_figure(table: pd.DataFrame, metrics: list[str] | None = None, ncols:
     from scipy import stats
 
     metrics = [m for m in (metrics or dict.fromkeys(table.metric)) if (table.metric == m).any()]
+    ncols = min(ncols, len(metrics))
     effects = list(dict.fromkeys(table.effect))
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 0.32 * len(effects) * nrows + 1.2 * nrows),
@@ -43,8 +44,9 @@ def effects_figure(table: pd.DataFrame, metrics: list[str] | None = None, ncols:
         rows = table[table.metric == metric].set_index("effect").reindex(effects)
         df = np.where(rows.se_basis == "seeds", rows.n_seeds - 1, np.inf)
         q = np.array([stats.t.ppf(0.975, d) if np.isfinite(d) and d > 0 else 1.96 for d in df])
-        half = (q * rows.se).fillna(0).to_numpy()
-        sig = np.abs(rows.estimate.to_numpy()) > half
+        half = (q * rows.se).to_numpy()
+        sig = np.isfinite(half) & (np.abs(rows.estimate.to_numpy()) > np.nan_to_num(half, nan=np.inf))
+        half = np.nan_to_num(half, nan=0.0)
         colors = ["#1f77b4" if s else "#9e9e9e" for s in sig]
         ax.barh(y, rows.estimate, xerr=half, color=colors, height=0.6, error_kw={"elinewidth": 1, "capsize": 2})
         ax.axvline(0, color="k", lw=0.8, ls="--")
@@ -56,7 +58,7 @@ def effects_figure(table: pd.DataFrame, metrics: list[str] | None = None, ncols:
         ax.set_yticks(y, effects, fontsize=8)
     steps, n_seeds = table.steps.dropna().unique(), int(table.n_seeds.max())
     fig.suptitle(f"Effects of e4e's components (synth, {', '.join(str(int(s)) for s in steps)} steps, "
-                 f"{n_seeds} seed{'s' if n_seeds != 1 else ''}; bars: 95 % CI, blue: excludes 0)", fontsize=10)
+                 f"{n_seeds} seed{'s' if n_seeds != 1 else ''}; bars: 95 % CI, blue: excludes 0, grey: does not or no CI)", fontsize=10)
     fig.tight_layout()
     return fig
 
