@@ -168,9 +168,9 @@ def open_store(uri: str, timeout_s: float = 120.0):
     from e4e.fileio import DirLock, LockedError
 
     _ensure_store_dir(uri)
-    client = _client(uri)
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
+        client = _client(uri)
         client.search_experiments(max_results=1)
         return client
     lock = DirLock(Path(uri[len(prefix):]).parent)
@@ -183,8 +183,9 @@ def open_store(uri: str, timeout_s: float = 120.0):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    try:
-        client.search_experiments(max_results=1)   # the first use of the store creates its schema
+    try:   # the client opens the store, and its first opening creates the schema
+        client = _client(uri)
+        client.search_experiments(max_results=1)
     finally:
         lock.release()
     return client
