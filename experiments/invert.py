@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     out = check_out_dir(args.out)
     paths = list_images(Path(args.images))
+    inverter, source = build_inverter(args, device)
     if not paths:
         print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}", file=sys.stderr)
         return 2
-    inverter, source = build_inverter(args, device)
     (out / "recon").mkdir(parents=True, exist_ok=True)
     size_hw = _size_hw(inverter.input_size)
 

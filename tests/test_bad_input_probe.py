@@ -326,3 +326,21 @@ def test_exif_orientation_is_applied_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="EXIF orientation 6 applied"):
         x = load_image(tmp_path / "r.jpg")
     assert tuple(x.shape[-2:]) == (16, 8) and x[:, :8].mean() > 0.5 > x[:, 8:].mean()
+
+
+def test_locked_store_is_one_error_line_within_the_timeout(world, tmp_path, monkeypatch, capsys):
+    import shutil
+    import sqlite3
+
+    import e4e.tracking as T
+
+    db = shutil.copy(Path(world["store"][len("sqlite:///"):]), tmp_path / "locked.db")
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(T, "STORE_TIMEOUT_S", 0.2)
+    try:
+        assert _run(["experiments.seeds", "--store", f"sqlite:///{db}"]) == 2
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip()] and "locked" in err
