@@ -537,7 +537,7 @@ def test_two_grids_at_once_on_one_store(assets, tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outs):
-        assert p.returncode in (0, 1) and "Traceback" not in err, err[-3000:]
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]   # a BUSY member is not a failure
     runs = child_runs(assets["uri"], "twice")
     assert sorted(r.data.tags["member"] for r in runs) == ["psp", "w_encoder"], "one run per member"
     from mlflow.tracking import MlflowClient

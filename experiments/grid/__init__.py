@@ -17,8 +17,15 @@ Grid files (``experiments/grids/*.yaml``)
     (``method_config``, e.g. ``experiments/configs/psp.yaml``) <- ``overrides`` (grid, then
     profile, per method, per member) <- its switches; ``--set key=value`` applies last. Grid keys:
     ``prepare`` (commands run when the path they ``create`` is missing, e.g. rendering the synth
-    data), ``evaluate`` (metrics, n_images, batch_size, data folder, qualitative edits, options),
-    profile ``jobs`` (default ``--jobs``).
+    data; split with shlex and run without a shell, and only the project's own
+    ``python -m experiments.synth build ...`` unless ``--allow-prepare-commands``), ``evaluate``
+    (metrics, n_images, batch_size, data folder, qualitative edits, options), profile ``jobs``
+    (default ``--jobs``).
+
+    Checked before anything is written (one ``error:`` line, exit 2, no store, no runs dir): the
+    shape of every key, the methods, the metric names (``metrics.registry``), grid, domain and member
+    names (they name folders and MLflow filter values: letters, digits, ``_ . = + -``, no ``..``),
+    every member's resolved config (trained members: ``max_steps >= 1``) and the prepare commands.
 
 MLflow (docs/design.md §5)
     One experiment per domain. One parent run per grid call (tags ``grid``, ``profile``,
@@ -29,7 +36,11 @@ MLflow (docs/design.md §5)
     evaluation interrupted) is resumed: its run id is handed to the trainer, which continues from
     the checkpoint in the member's ``out_dir`` and logs into the SAME run. A failing member (NaN loss,
     missing weights, bad config) is marked FAILED with the error in the ``error`` tag; the grid goes
-    on and a re-run retries only what did not finish.
+    on and a re-run retries only what did not finish. A member another live process holds (a second
+    grid call on the same store) is BUSY: left to that process, listed, and the call exits 0. Each
+    parent run records its process (``grid.pid``, ``grid.host``); a later grid call marks the RUNNING
+    parents of processes that are gone KILLED. The first grid call on a new sqlite store creates its
+    tables under the store folder's ``DirLock``, so two calls started together both open it.
 
     Evaluation (``experiments.evaluate.evaluate``) on the domain's test set logs ``test/<metric>``,
     tags ``unavailable.<metric>`` for metrics whose weights/inputs are missing, and the artifacts
