@@ -185,9 +185,9 @@ def test_study_seed_killed_part_way_resumes_exports_and_analyses(tmp_path):
     assert len(names) == 10 and len(set(names)) == 10, names          # no member trained twice
 
     root = tmp_path / "data"
-    assert sorted(E.export_seed(uri, 3, root)) == sorted(names)
+    assert sorted(E.export_seed(uri, 3, root, gradients=True, workdir=REPO)) == sorted(names)
     first = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    E.export_seed(uri, 3, root)                                         # exporting again changes nothing
+    E.export_seed(uri, 3, root, gradients=True, workdir=REPO)          # exporting again changes nothing
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == first
     with pytest.raises(ValueError, match="seed"):
         E.export_seed(uri, 4, root)
@@ -195,6 +195,11 @@ def test_study_seed_killed_part_way_resumes_exports_and_analyses(tmp_path):
     meta = study[3]["e4e-no_dreg-no_prog"]["meta"]
     assert meta["switches"] == {"delta_reg": False, "adversarial": True, "progressive": False}
     assert meta["steps"] == 8 and meta["seed"] == 3 and meta["n_images"] == 8 and meta["git_sha"]
+    grads = study[3]["e4e"]["gradients"]
+    assert set(grads) >= {"grad_share_l2", "grad_share_delta_reg", "grad_share_adv", "d_acc_real"}
+    assert sum(v for k, v in grads.items() if k.startswith("grad_share_")) == pytest.approx(1.0)
+    assert "grad_share_delta_reg" not in study[3]["e4e-no_dreg"]["gradients"]
+    assert (study[3]["e4e"]["training"].step % E.TRAIN_BIN == 0).all()
     table = F.effects_table(study, ["l2", "msssim", "latent_offset"])
     assert len(table) == 7 * 3 and (table.n_seeds == 1).all() and (table.se_basis == "images").all()
     assert np.isfinite(table.estimate).all()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from e4e.cli import HelpFormatter, guarded
+from e4e.cli import HelpFormatter, Parser, guarded
 
 from experiments.ablation import export as E
 from experiments.ablation import factorial as F
 
 
 def _cmd_export(args) -> int:
-    names = E.export_seed(args.store, args.seed, args.root, args.experiment, args.grid)
+    names = E.export_seed(args.store, args.seed, args.root, args.experiment, args.grid,
+                          gradients=not args.no_gradients, workdir=args.workdir)
     print(f"seed {args.seed}: exported {len(names)} member(s) to {E.seed_dir(args.root, args.seed)}: {', '.join(names)}")
     return 0
 
@@ -66,7 +67,7 @@ def _cmd_effects(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m experiments.ablation", description=__doc__, formatter_class=HelpFormatter)
+    ap = Parser(prog="python -m experiments.ablation", description=__doc__, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="copy one seed's finished members from its store into the repository",
                         formatter_class=HelpFormatter)
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--experiment", default="synth", help="MLflow experiment")
     ex.add_argument("--grid", default=E.GRID, help="grid whose members are exported")
     ex.add_argument("--root", default=str(E.DATA_ROOT), help="where seed<N>/<member>/ folders go")
+    ex.add_argument("--workdir", default=".", help="the folder the grid ran in (the members' relative data paths)")
+    ex.add_argument("--no-gradients", action="store_true",
+                    help="skip each member's gradient shares (measured on its last.pt, seconds per member)")
     ex.set_defaults(fn=_cmd_export)
     ef = sub.add_parser("effects", help="effects tables and figure from the exported seeds",
                         formatter_class=HelpFormatter)

@@ -7,7 +7,10 @@
   sha, run id, number of test images, grid;
 - ``training.csv``: the logged training and validation curves (``train/*``, ``val/*``), the mean of
   the points in each bin of ``TRAIN_BIN`` steps (row ``step`` = the bin's last step): loss terms,
-  the latent discriminator's outputs and accuracy, validation losses.
+  the latent discriminator's outputs and accuracy, validation losses;
+- ``gradients.json`` (with ``gradients=True``, for members whose run directory is on this machine):
+  each loss term's share of the encoder's gradient at the end of training
+  (``experiments.ablation.gradients``).
 Files are written atomically and an export of the same run is byte-identical, so exporting a seed
 again (say after a re-evaluation) is safe; a member whose run is not finished is not exported.
 """
@@ -68,7 +71,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def export_seed(uri: str, seed: int, root: Path | str = DATA_ROOT, experiment: str = "synth",
-                grid: str = GRID) -> list[str]:
+                grid: str = GRID, gradients: bool = False, workdir: Path | str = ".") -> list[str]:
     """Export every finished, evaluated member of ``grid`` in the store ``uri``; returns their names."""
     from experiments import report as R
 
@@ -90,6 +93,12 @@ def export_seed(uri: str, seed: int, root: Path | str = DATA_ROOT, experiment: s
         _write_text(out / "metrics.json", json.dumps(dict(sorted(metrics.items())), indent=1) + "\n")
         _write_text(out / "training.csv", training_curves(row["run_id"], uri).to_csv(index=False, float_format="%.6g"))
         _write_text(out / "meta.json", json.dumps(member_meta(row, seed, len(per)), indent=1) + "\n")
+        final = row.get("tags.final_checkpoint") if "tags.final_checkpoint" in row.index else None
+        if gradients and isinstance(final, str) and (Path(final).parent / "last.pt").is_file():
+            from experiments.ablation.gradients import gradient_shares
+
+            shares = gradient_shares(Path(final).parent, workdir=workdir)
+            _write_text(out / "gradients.json", json.dumps(shares, indent=1) + "\n")
         done.append(str(name))
     return done
 
@@ -101,7 +110,9 @@ def load_seed(path: Path | str) -> dict[str, dict]:
         out[d.name] = {"per_image": pd.read_csv(d / "per_image.csv"),
                        "metrics": json.loads((d / "metrics.json").read_text()),
                        "meta": json.loads((d / "meta.json").read_text()),
-                       "training": pd.read_csv(d / "training.csv") if (d / "training.csv").is_file() else None}
+                       "training": pd.read_csv(d / "training.csv") if (d / "training.csv").is_file() else None,
+                       "gradients": json.loads((d / "gradients.json").read_text())
+                       if (d / "gradients.json").is_file() else {}}
     return out
 
 

@@ -7,6 +7,8 @@ fraction of the steps):
   sum of the weighted terms: how much of the objective the term is;
 - ``d_real`` / ``d_fake``: the latent D's mean logit on W samples / on the encoder's codes, and
   ``d_acc_real`` / ``d_acc_fake`` its accuracy on each (when the run logged them);
+- ``grad_share_<term>`` and ``final_d_acc_*`` (from ``gradients.json``, when exported): each term's
+  share of the encoder's gradient and the final latent D's accuracy, on the final training state;
 - ``offset_row<i>`` (from the evaluation's ``latent_offsets``): mean ||w_i - w_0|| over the test
   images divided by W's own spread, mean ||w - mean(w)|| of W samples.
 Means over seeds.
@@ -34,6 +36,8 @@ def member_mechanism(m: dict, tail: float = TAIL) -> dict[str, float]:
             if f"train/{k}" in last:
                 out[k] = float(last[f"train/{k}"])
     out.update({k.replace("latent_", ""): v for k, v in m["metrics"].items() if k.startswith("latent_offset")})
+    out.update({k if k.startswith("grad_") else f"final_{k}": v for k, v in (m.get("gradients") or {}).items()
+                if k.startswith(("grad_share_", "d_acc_"))})
     return out
 
 
