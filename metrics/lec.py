@@ -104,6 +104,7 @@ def edit_codes(codes: torch.Tensor, offset: torch.Tensor, strength: float) -> to
     return codes + strength * offset.to(codes)
 
 
+@torch.no_grad()
 def edited_inversions(ctx: EvalContext, direction: str, strength) -> list[torch.Tensor]:
     """Per evaluation batch, the edited inversions G(E(x) + s*d) at the images' size (CPU); computed
     once per context, direction and strength and shared by every metric that looks at that edit

@@ -374,3 +374,13 @@ def test_latent_offsets_zero_for_w_codes_and_scaled_by_w_spread():
     shifted[:, 2] += torch.full((gen.style_dim,), 1.0) / math.sqrt(gen.style_dim) * v["latent_w_spread"]
     s = get_metric("latent_offsets")(_with_codes(shifted, options={"latent_n_ref": 2000})).values
     assert s["latent_offset_row2"] == pytest.approx(1.0, rel=1e-5) and s["latent_offset_row1"] == 0
+
+
+def test_cached_edits_hold_no_autograd_graph():
+    """Edited inversions are cached for the whole evaluation: with a graph attached each would keep
+    the generator's activations alive (a 500-image evaluation grew past 12 GB)."""
+    from metrics.lec import edited_inversions
+
+    ctx = _setup()
+    ctx.inverter.decoder.A.requires_grad_(True)
+    assert not any(t.requires_grad for t in edited_inversions(ctx, "ax1", "2"))
