@@ -237,3 +237,10 @@ def test_notebook_runs_on_the_exported_files_alone(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(REPO)}}).execute()
     assert (tmp_path / "out/tables/ablation_effects.csv").is_file()
     assert (tmp_path / "out/figures/ablation_effects.pdf").is_file()
+
+
+def test_edit_size_is_zero_without_an_edit_and_grows_with_strength():
+    from experiments.ablation.cli import edit_sizes
+
+    t = edit_sizes(["age"], [0.0, 6.0, 12.0], n=4).set_index("strength").edit_mse
+    assert t[0.0] == 0 and 0 < t[6.0] < t[12.0]

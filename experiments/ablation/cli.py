@@ -66,6 +66,40 @@ def _cmd_effects(args) -> int:
     return 0
 
 
+def edit_sizes(directions, strengths, n: int = 64, seed: int = 0, generator: str | None = None) -> "pd.DataFrame":
+    """Per direction and strength, the mean per-pixel MSE between G(w) and G(w + s d) over ``n``
+    generator samples (synth generator, const noise): how large an edit is in pixels, to be set
+    against an encoder's re-inversion error (``lec_img_<dir>_0``)."""
+    import pandas as pd
+    import torch
+
+    from e4e.checkpoints import load_generator
+    from e4e.editing import direction_offset, load_direction
+    from e4e.train import SYNTH_GENERATOR
+
+    g = load_generator(generator or SYNTH_GENERATOR).eval()
+    z = torch.randn(n, g.style_dim, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    with torch.no_grad():
+        w = g.mapping(z)[:, None].repeat(1, g.n_latent, 1)
+        y0 = g.synthesis(w, noise_mode="const")
+        for d in directions:
+            offset = direction_offset(load_direction("synth", d), g.n_latent, g.style_dim)
+            for s in strengths:
+                y1 = g.synthesis(w + s * offset, noise_mode="const")
+                rows.append({"direction": d, "strength": s, "edit_mse": float(((y1 - y0) ** 2).mean())})
+    return pd.DataFrame(rows)
+
+
+def _cmd_edit_size(args) -> int:
+    from experiments.report import to_markdown
+
+    strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
+    table = edit_sizes([d.strip() for d in args.directions.split(",") if d.strip()], strengths, args.n)
+    print(to_markdown(table.pivot(index="direction", columns="strength", values="edit_mse")))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="python -m experiments.ablation", description=__doc__, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -87,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     ef.add_argument("--directions", default="age,smile", help="the LEC directions (comma-separated)")
     ef.add_argument("--strength", type=float, default=12, help="the LEC edit strength")
     ef.set_defaults(fn=_cmd_effects)
+    es = sub.add_parser("edit-size", help="how far an edit moves a generator sample in pixels (MSE), per strength",
+                        formatter_class=HelpFormatter)
+    es.add_argument("--directions", default="smile,age,yaw", help="synth directions (comma-separated)")
+    es.add_argument("--strengths", default="6,12,24,36", help="edit strengths (comma-separated)")
+    es.add_argument("--n", type=int, default=64, help="generator samples")
+    es.set_defaults(fn=_cmd_edit_size)
     return ap
 
 
