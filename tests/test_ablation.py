@@ -80,7 +80,10 @@ def test_one_seed_uses_the_per_image_standard_error():
 def test_sequential_view_and_missing_cells():
     study = planted_study()
     seq = F.sequential_table(study, ["l2"]).set_index("effect")
-    assert list(seq.index) == ["+ W^k", "+ d-reg", "+ progressive", "+ L_adv"]
+    assert list(seq.index) == ["+ W^k", "+ d-reg", "+ progressive", "+ L_adv", "e4e − pSp (all steps)"]
+    assert seq.loc["e4e − pSp (all steps)", "estimate"] == pytest.approx(seq.estimate.iloc[:4].sum())
+    pair = F.pair_table(study, "e4e", "psp", ["l2"]).iloc[0]
+    assert pair.estimate == pytest.approx(seq.loc["e4e − pSp (all steps)", "estimate"])
     # + d-reg at adv off, prog off: dreg + (interaction terms with a = p = -1 are dreg-free)
     assert seq.loc["+ d-reg", "estimate"] == pytest.approx(2.0)
     del study[1]["e4e-no_dreg"]

@@ -2,7 +2,7 @@
 and compute the effects from the exported files alone (no MLflow store needed).
 
     python -m experiments.ablation export --seed 0 --store sqlite:///mlruns/ablation_seed0.db
-    python -m experiments.ablation effects     # reports/tables/ablation_{effects,sequential,members,mechanism}.{csv,md}
+    python -m experiments.ablation effects     # reports/tables/ablation_{effects,sequential,members,mechanism,e4e_vs_psp}.{csv,md}
                                                # reports/figures/ablation_effects.{pdf,png}
 """
 from __future__ import annotations
@@ -35,7 +35,9 @@ def write_tables(study, out: Path, metrics: list[str]) -> list[Path]:
               "ablation_mechanism": (lambda st, _m: mechanism_table(st),
                                      "Loss shares and latent D over the last 10 % of training, offsets ÷ W's spread"),
               "ablation_sequential": (F.sequential_table, "The paper's sequential view, each step minus the previous"),
-              "ablation_members": (F.levels_table, "Every member's value")}
+              "ablation_members": (F.levels_table, "Every member's value"),
+              "ablation_e4e_vs_psp": (lambda st, m: F.pair_table(st, "e4e", "psp", m),
+                                      "e4e − pSp, paired by test image")}
     for name, (fn, what) in tables.items():
         try:
             table = fn(study, metrics)

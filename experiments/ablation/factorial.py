@@ -172,7 +172,20 @@ def sequential_table(study: Mapping[int, Mapping[str, dict]], metrics: Iterable[
     for (_, m0, s0), (label, m1, s1) in zip(SEQUENCE, SEQUENCE[1:]):
         contrasts[label] = (lambda members, a=(m0, s0), b=(m1, s1):
                             {find_member(members, b[0], **b[1]): 1.0, find_member(members, a[0], **a[1]): -1.0})
+    first, last = SEQUENCE[0], SEQUENCE[-1]
+    contrasts["e4e − pSp (all steps)"] = (lambda members: {find_member(members, last[1], **last[2]): 1.0,
+                                                           find_member(members, first[1], **first[2]): -1.0})
     return contrast_table(study, contrasts, list(metrics))
+
+
+def pair_table(study: Mapping[int, Mapping[str, dict]], member: str, reference: str,
+               metrics: Iterable[str]) -> pd.DataFrame:
+    """``member`` - ``reference``, paired by image, on the seeds that have both."""
+    have = {s: m for s, m in study.items() if member in m and reference in m}
+    if not have:
+        raise LookupError(f"no seed has both {member!r} and {reference!r}")
+    return contrast_table(have, {f"{member} − {reference}": lambda members: {member: 1.0, reference: -1.0}},
+                          list(metrics))
 
 
 def levels_table(study: Mapping[int, Mapping[str, dict]], metrics: Iterable[str]) -> pd.DataFrame:
