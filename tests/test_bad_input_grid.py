@@ -345,7 +345,7 @@ def test_shipped_grids_pass_the_checks_and_their_prepare_steps_are_allowed():
     from experiments import grid as G
     from experiments.grid.run import prepare_argv
 
-    for name, domain in (("paper_ablation", "synth"), ("ablation_study", None), ("convergence", None),
+    for name, domain in (("paper_ablation", "synth"), ("ablation_study", None), ("ablation_weights", None), ("convergence", None),
                          ("realism_gap", None)):
         grid = G.load_grid(REPO / "experiments" / "grids" / f"{name}.yaml", domain)
         G.spec.check_members(grid)
