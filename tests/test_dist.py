@@ -32,12 +32,22 @@ def test_single_process_makes_no_distributed_call(monkeypatch):
     D.cleanup(info)
 
 
-def test_resolve_device():
+def test_resolve_device(monkeypatch):
+    from e4e.config import ConfigError
+
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("cpu", 3) == torch.device("cpu")
-    assert resolve_device("cuda") == torch.device("cuda")         # no index without a local rank
-    assert resolve_device("cuda", 1) == torch.device("cuda", 1)   # torchrun: cuda:<LOCAL_RANK>
-    assert resolve_device("cuda:0", 2) == torch.device("cuda", 0)  # an explicit index is kept
+    with monkeypatch.context() as m:   # the local-rank mapping, as on a 4-GPU node
+        m.setattr(torch.cuda, "device_count", lambda: 4)
+        assert resolve_device("cuda") == torch.device("cuda")         # no index without a local rank
+        assert resolve_device("cuda", 1) == torch.device("cuda", 1)   # torchrun: cuda:<LOCAL_RANK>
+        assert resolve_device("cuda:0", 2) == torch.device("cuda", 0)  # an explicit index is kept
+        with pytest.raises(ConfigError, match="4 CUDA device"):
+            resolve_device("cuda:4")
+    with monkeypatch.context() as m:   # a machine without a GPU refuses cuda up front
+        m.setattr(torch.cuda, "device_count", lambda: 0)
+        with pytest.raises(ConfigError, match="0 CUDA device"):
+            resolve_device("cuda", 0)
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device().type == want and resolve_device("auto", 0).type == want
     if want == "cuda":
