@@ -96,30 +96,25 @@ def test_levels_table_means_over_seeds():
     assert lv.loc["psp", "estimate"] == pytest.approx(15.0) and lv.loc["psp", "n_seeds"] == 3
 
 
-def test_export_round_trips_through_the_files(tmp_path):
+def _write_planted(root):
     study = planted_study()
     for seed, members in study.items():
-        for name, m in members.items():
-            out = E.seed_dir(tmp_path, seed) / name
-            out.mkdir(parents=True)
-            m["per_image"].to_csv(out / "per_image.csv", index=False)
-            (out / "metrics.json").write_text(json.dumps(m["metrics"]))
-            (out / "meta.json").write_text(json.dumps(m["meta"]))
-    back = E.load_study(tmp_path)
-    assert sorted(back) == [0, 1, 2] and sorted(back[0]) == sorted(study[0])
-    cols = ["effect", "metric", "estimate", "se", "n_seeds", "steps", "n_images", "se_basis"]
-    pd.testing.assert_frame_equal(F.effects_table(back, ["l2", "fid_domain"])[cols],
-                                  F.effects_table(study, ["l2", "fid_domain"])[cols], atol=1e-9)
-
-
-def _write_planted(root):
-    for seed, members in planted_study().items():
         for name, m in members.items():
             out = E.seed_dir(root, seed) / name
             out.mkdir(parents=True)
             m["per_image"].to_csv(out / "per_image.csv", index=False)
             (out / "metrics.json").write_text(json.dumps(m["metrics"]))
             (out / "meta.json").write_text(json.dumps(m["meta"]))
+    return study
+
+
+def test_export_round_trips_through_the_files(tmp_path):
+    study = _write_planted(tmp_path)
+    back = E.load_study(tmp_path)
+    assert sorted(back) == [0, 1, 2] and sorted(back[0]) == sorted(study[0])
+    cols = ["effect", "metric", "estimate", "se", "n_seeds", "steps", "n_images", "se_basis"]
+    pd.testing.assert_frame_equal(F.effects_table(back, ["l2", "fid_domain"])[cols],
+                                  F.effects_table(study, ["l2", "fid_domain"])[cols], atol=1e-9)
 
 
 def test_effects_cli_writes_tables_and_a_vector_figure(tmp_path):
