@@ -135,8 +135,7 @@ def edit_cycle(ctx: EvalContext, direction: str, strength: str) -> list[torch.Te
 
 
 def _lec(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
-    cycled = edit_cycle(ctx, direction, strength)
-    dist = torch.cat([(b.codes - back).flatten(1).norm(dim=1) for b, back in zip(ctx.inversions(), cycled)])
+    dist = cycle_distances(ctx, direction, strength)
     key = f"{direction}_{strength}"
     values = {f"lec_{key}": lec_per_image(dist), f"lec_official_{key}": lec_official(dist)}
     return MetricResult(values, {f"lec_{key}": dist.tolist()})
@@ -215,6 +214,11 @@ def cycle_residuals(ctx: EvalContext, direction: str, strength: str) -> torch.Te
                       zip(ctx.inversions(), edit_cycle(ctx, direction, strength))])
 
 
+def cycle_distances(ctx: EvalContext, direction: str, strength: str) -> torch.Tensor:
+    """Per image, the LEC distance ||codes - (E(G(codes + s d)) - s d)||_F [N]."""
+    return cycle_residuals(ctx, direction, strength).flatten(1).norm(dim=1)
+
+
 def _constant_code_lec(ctx: EvalContext, direction: str, strength: str, gram=None) -> float:
     """The LEC of an encoder that returns one constant code: ||s d||_F (in the metric M when given)."""
     step = float(strength) * resolve_offset(ctx, direction)[0].double().cpu()  # [n_latent, D]
@@ -237,18 +241,18 @@ def lec_ratio(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
     """LEC divided by a constant-code encoder's LEC ||s d||_F (1 = no better than ignoring the image)."""
     key = f"lec_ratio_{direction}_{strength}"
     _check_strength(key, strength)
-    dist = cycle_residuals(ctx, direction, strength).flatten(1).norm(dim=1).double()
-    ratio = dist / _constant_code_lec(ctx, direction, strength)
-    return MetricResult({key: lec_per_image(ratio), f"lec_constant_{direction}_{strength}":
-                         _constant_code_lec(ctx, direction, strength)}, {key: ratio.tolist()})
+    const = _constant_code_lec(ctx, direction, strength)
+    ratio = cycle_distances(ctx, direction, strength).double() / const
+    return MetricResult({key: lec_per_image(ratio), f"lec_constant_{direction}_{strength}": const},
+                        {key: ratio.tolist()})
 
 
 @register_metric("lec_excess_<direction>_<strength>", needs=("inversions", "generator", "directions"))
 def lec_excess(ctx: EvalContext, direction: str, strength: str) -> MetricResult:
     """Per image LEC(s) - LEC(0): the inconsistency the edit adds to the encoder's re-inversion error."""
     key = f"lec_excess_{direction}_{strength}"
-    at_s = cycle_residuals(ctx, direction, strength).flatten(1).norm(dim=1).double()
-    at_0 = cycle_residuals(ctx, direction, "0").flatten(1).norm(dim=1).double()
+    at_s = cycle_distances(ctx, direction, strength).double()
+    at_0 = cycle_distances(ctx, direction, "0").double()
     excess = at_s - at_0
     return MetricResult({key: lec_per_image(excess), f"lec_{direction}_0": lec_per_image(at_0)},
                         {key: excess.tolist(), f"lec_{direction}_0": at_0.tolist()})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from e4e.cli import HelpFormatter, Parser, guarded
+from e4e.cli import HelpFormatter, Parser, comma_list, guarded
 
 from experiments.ablation import export as E
 from experiments.ablation import factorial as F
@@ -62,7 +62,7 @@ def _cmd_effects(args) -> int:
     study = E.load_study(args.root)
     if not study:
         raise LookupError(f"no exported seed under {args.root}")
-    metrics = F.default_metrics([d.strip() for d in args.directions.split(",") if d.strip()], args.strength)
+    metrics = F.default_metrics(args.directions, args.strength)
     for path in write_tables(study, Path(args.out), metrics):
         print(path)
     return 0
@@ -96,8 +96,7 @@ def edit_sizes(directions, strengths, n: int = 64, seed: int = 0, generator: str
 def _cmd_edit_size(args) -> int:
     from experiments.report import to_markdown
 
-    strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
-    table = edit_sizes([d.strip() for d in args.directions.split(",") if d.strip()], strengths, args.n)
+    table = edit_sizes(args.directions, [float(s) for s in args.strengths], args.n)
     print(to_markdown(table.pivot(index="direction", columns="strength", values="edit_mse")))
     return 0
 
@@ -120,13 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=HelpFormatter)
     ef.add_argument("--root", default=str(E.DATA_ROOT), help="the exported seeds")
     ef.add_argument("--out", default="reports", help="tables/ and figures/ go here")
-    ef.add_argument("--directions", default="age,smile", help="the LEC directions (comma-separated)")
+    ef.add_argument("--directions", type=comma_list, default="age,smile", help="the LEC directions (comma-separated)")
     ef.add_argument("--strength", type=float, default=12, help="the LEC edit strength")
     ef.set_defaults(fn=_cmd_effects)
     es = sub.add_parser("edit-size", help="how far an edit moves a generator sample in pixels (MSE), per strength",
                         formatter_class=HelpFormatter)
-    es.add_argument("--directions", default="smile,age,yaw", help="synth directions (comma-separated)")
-    es.add_argument("--strengths", default="6,12,24,36", help="edit strengths (comma-separated)")
+    es.add_argument("--directions", type=comma_list, default="smile,age,yaw", help="synth directions (comma-separated)")
+    es.add_argument("--strengths", type=comma_list, default="6,12,24,36", help="edit strengths (comma-separated)")
     es.add_argument("--n", type=int, default=64, help="generator samples")
     es.set_defaults(fn=_cmd_edit_size)
     return ap
