@@ -309,6 +309,34 @@ def test_killed_member_resumes_into_the_same_run(assets, tmp_path):
     assert max(steps) >= 39
 
 
+def test_member_whose_checkpoints_were_lost_trains_again_in_a_new_run(assets, tmp_path):
+    """A runs dir wiped under an unfinished member: its run's logged history cannot be continued from
+    step 0 (each step would be logged twice), so the old run is failed with the reason and a new one trains."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    path = write_grid(tmp_path, assets, [{"method": "w_encoder"}], name="wiped")
+    runs_dir = tmp_path / "runs"
+    (first,) = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    assert first.status == "FINISHED", first.error
+    c = MlflowClient(assets["uri"])
+    c.update_run(first.run_id, status="RUNNING")          # as if killed in training ...
+    c.set_tag(first.run_id, "grid.stage", "train")
+    shutil.rmtree(runs_dir)                               # ... and the runs dir lost with the session
+    (task,) = G.plan(G.load_grid(path), assets["uri"], runs_dir)
+    assert task.action == "resume"
+    (res,) = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    assert res.status == "FINISHED" and res.run_id != first.run_id, res.error
+    old = c.get_run(first.run_id)
+    assert old.info.status == "FAILED" and "checkpoints lost" in old.data.tags["error"]
+    assert old.data.tags["error.type"] == "CheckpointsLost"
+    steps = [m.step for m in c.get_metric_history(res.run_id, "train/loss")]
+    assert steps and len(steps) == len(set(steps))
+    (again,) = G.run_grid(G.load_grid(path), assets["uri"], runs_dir, progress=False)
+    assert again.status == "SKIPPED" and again.run_id == res.run_id
+
+
 def test_jobs_run_members_in_processes(assets, tmp_path):
     path = write_grid(tmp_path, assets, [{"method": "e4e"}, {"method": "w_encoder"}], name="jobs")
     results = G.run_grid(G.load_grid(path), assets["uri"], tmp_path / "runs", jobs=2, progress=False)

@@ -252,6 +252,11 @@ def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | 
                         t.action != "evaluate":
                     return MemberResult(t.member.name, "SKIPPED", t.run_id, checkpoint=_checkpoint_of(client, t))
                 t.action = "resume"
+            if t.run_id is not None and _checkpoints_lost(client, t):
+                _mark_failed(client, t.run_id, f"checkpoints lost: {t.out_dir} holds neither last.pt nor "
+                             "inverter.pt, so this run's logged history cannot be continued; a new run "
+                             "trains the member from step 0", "CheckpointsLost", "")
+                t.run_id, t.action = None, "run"
             if t.run_id is None:
                 t.run_id = _create_child(client, exp_id, t, parent_id, sha)
             else:
@@ -261,6 +266,17 @@ def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | 
     except LockedError as exc:
         return MemberResult(t.member.name, "BUSY", t.run_id, str(exc))
     return None
+
+
+def _checkpoints_lost(client, t: MemberTask) -> bool:
+    """A trained member whose run logged training metrics but whose out_dir lost its checkpoints
+    (a deleted or wiped runs dir): resuming into that run would log steps 0.. over its history."""
+    if t.member.method in OPTIM_METHODS:
+        return False
+    out = Path(t.out_dir)
+    if (out / "last.pt").is_file() or (out / "inverter.pt").is_file():
+        return False
+    return any(k.startswith("train/") for k in client.get_run(t.run_id).data.metrics)
 
 
 def _fail_unstarted(client, exp_id, t: MemberTask, parent_id, sha, msg) -> MemberResult:
