@@ -224,7 +224,15 @@ def generator_from_state_dict(sd: dict, what: str = "generator") -> Generator:
 
 def load_generator(path, device="cpu", allow_pickle: bool = False) -> Generator:
     """A rosinality StyleGAN2 generator (``g_ema``), strict keys. ``latent_avg`` of the file (if
-    any) is attached as the plain attribute ``generator.latent_avg`` (else None)."""
+    any) is attached as the plain attribute ``generator.latent_avg`` (else None).
+
+    A ``.pkl`` file is a StyleGAN2-ADA network pickle: its ``G_ema`` is converted by
+    ``e4e.models.ada`` (read without running code from the file, whatever ``allow_pickle``;
+    ``latent_avg`` = the pickle's ``w_avg``, else the mapping mean over 10000 z, seed 0)."""
+    if str(path).lower().endswith(".pkl"):
+        from e4e.models.ada import load_ada_generator
+
+        return load_ada_generator(resolve_path(path), device)
     obj = load_checkpoint(path, allow_pickle)
     kind = checkpoint_kind(obj)
     if kind != "generator":
