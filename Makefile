@@ -12,16 +12,25 @@ PROFILE ?= demo
 PYTEST_ARGS ?=
 # the demo's tables/figures/notebooks go here (untracked); `make report` refreshes the tracked reports/
 DEMO_REPORTS ?= runs/reports
+# torch/torchvision: pyproject.toml asks for a range (torch>=2.5,<3) so that `pip install -e .` keeps a
+# build already installed; `make install` first installs the exact versions the project is tested with
+# (CI's), then the package. TORCH_INDEX=<wheel index URL> takes them from another index (e.g. PyTorch's
+# CPU-only or CUDA-specific wheel index); TORCH='torch==X torchvision==Y' picks other in-range versions.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+# the optional dependency groups installed with the package (pyproject.toml: faces, slurm, notebooks, dev, all)
+EXTRAS ?= all
 
 .PHONY: help install demo test test-fast report realism-gap convergence ablation-study ablation-effects ui weights synth-data bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the package with its dev extras
+install: $(STAMP)  ## create .venv: the tested torch, then the package with every extra (pip install -e '.[all]')
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'

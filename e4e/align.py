@@ -18,13 +18,16 @@ In the output the eye centres are near (0.375, 0.47) and (0.625, 0.47) of the wi
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["FaceNotFoundError", "Aligner", "align_face", "face_landmarks", "ffhq_quad", "load_predictor"]
+__all__ = ["FaceNotFoundError", "Aligner", "align_face", "face_landmarks", "ffhq_quad", "load_predictor",
+           "face_recognition_models_dir", "dlib_model_file"]
 
 
 class FaceNotFoundError(ValueError):
@@ -32,12 +35,34 @@ class FaceNotFoundError(ValueError):
 
 
 def load_predictor():
-    """(frontal face detector, 68-landmark predictor) from the face-recognition-models files."""
-    import dlib
+    """(frontal face detector, 68-landmark predictor) from the face-recognition-models files
+    (``MissingExtraError`` naming the ``[faces]`` extra when dlib or the models are not installed)."""
+    from e4e.extras import require_extra
 
-    from e4e.identity import dlib_model_file
-
+    dlib = require_extra("dlib", "faces", "FFHQ face alignment (dlib)")
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
+
+
+def face_recognition_models_dir() -> Path:
+    """``.../face_recognition_models/models`` located without importing the package (its
+    ``pkg_resources`` import fails on recent setuptools); ``MissingExtraError`` naming the ``[faces]``
+    extra when it is not installed."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        from e4e.extras import MissingExtraError, install_hint
+
+        raise MissingExtraError("dlib's landmark and face-recognition models need the optional [faces] "
+                                f"dependencies: 'face_recognition_models' is not installed; {install_hint('faces')}")
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def dlib_model_file(name: str) -> Path:
+    path = face_recognition_models_dir() / name
+    if not path.is_file():
+        from e4e.weights import WeightsMissingError
+
+        raise WeightsMissingError(f"{path} is missing (shipped by the face-recognition-models package)")
+    return path
 
 
 def _as_rgb_array(image: Any) -> np.ndarray:

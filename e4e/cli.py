@@ -1,8 +1,9 @@
 """What every command-line entry point shares: the argument parser (usage errors are one ``error:``
 line), the help formatter (the module docstring verbatim, defaults shown only where there is one),
 range-checked argument types, the ``--device auto`` rule, and ``guarded``: the one mapping of errors
-a user causes (bad config, wrong or missing file, image too large, unreachable or broken MLflow store,
-unknown device, unwritable path, disk full) to ``error: <message>`` and exit code 2."""
+a user causes (bad config, wrong or missing file, optional package not installed (``e4e.extras``),
+image too large, unreachable or broken MLflow store, unknown device, unwritable path, disk full) to
+``error: <message>`` and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -118,11 +119,13 @@ def _user_errors() -> list[tuple[tuple[type[BaseException], ...], object]]:
     when their module is loaded (an exception of a module never imported cannot occur)."""
     from e4e.checkpoints import CheckpointError
     from e4e.config import ConfigError
+    from e4e.extras import MissingExtraError
     from e4e.fileio import LockedError
     from e4e.losses import NonFiniteError
     from e4e.weights import WeightsMissingError
 
-    rows: list = [((ConfigError, WeightsMissingError, CheckpointError, LockedError, NonFiniteError), str),
+    rows: list = [((ConfigError, WeightsMissingError, CheckpointError, LockedError, NonFiniteError,
+                    MissingExtraError), str),
                   ((OSError,), _os_message)]
     pil, mlflow, sql = (sys.modules.get(m) for m in ("PIL.Image", "mlflow.exceptions", "sqlalchemy.exc"))
     if pil is not None:

@@ -22,7 +22,6 @@ A missing weights file raises ``WeightsMissingError`` (``e4e.weights``); nothing
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from e4e.align import dlib_model_file, face_recognition_models_dir  # noqa: F401  (re-exported)
 from e4e.fileio import to_uint8_hwc
 from e4e.weights import WeightsMissingError, require
 
@@ -146,31 +146,15 @@ class DomainIdentity(_Frozen):
 # ---------------------------------------------------------------------------------------------
 # dlib face recognition (metric only)
 # ---------------------------------------------------------------------------------------------
-def face_recognition_models_dir() -> Path:
-    """``.../face_recognition_models/models`` located without importing the package (its
-    ``pkg_resources`` import fails on recent setuptools)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsMissingError("the face-recognition-models package (dlib .dat models) is not installed: "
-                                  "pip install face-recognition-models")
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
-
-
-def dlib_model_file(name: str) -> Path:
-    path = face_recognition_models_dir() / name
-    if not path.is_file():
-        raise WeightsMissingError(f"{path} is missing (shipped by the face-recognition-models package)")
-    return path
-
-
 class DlibIdentity(_Frozen):
     """128-d dlib face descriptors (L2-normalised here); NaN rows where no face is detected.
     ``upsample``: detector upsampling steps (1 finds faces down to ~40 px)."""
 
     def __init__(self, upsample: int = 1):
         super().__init__()
-        import dlib
+        from e4e.extras import require_extra
 
+        dlib = require_extra("dlib", "faces", "the dlib identity network (id_dlib)")
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
         self.recognizer = dlib.face_recognition_model_v1(str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")))

@@ -8,8 +8,13 @@ baseline on a generator.
 Images are read with ``e4e.data.load_image`` (RGB, bilinear antialiased resize). Writes
 ``<out>/latents.pt`` ({'names', 'latents' [N, n_latent, D], 'method', 'source'}) and
 ``<out>/recon/<name>.png``. Unreadable images are skipped and listed in ``<out>/skipped.txt`` (or
-stop the run with ``--fail-fast``, exit code 3). Images are resized to the inverter's input size;
-faces should already be aligned (e4e.align).
+stop the run with ``--fail-fast``, exit code 3). Images are resized to the inverter's input size.
+
+Real face photos must be FFHQ-aligned first (the crop the face encoders were trained on); a folder at
+a time, in parallel and resumable:
+
+    e4e-align photos/ aligned/ --size 1024      # python -m experiments.align; --help for the options
+    python -m experiments.invert --checkpoint e4e_ffhq_encode.pt --images aligned/ --out out/e4e
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from e4e.cli import Parser, add_allow_pickle_flag, add_device_flag, allow_pickle
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m experiments.invert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", required=True, help="folder of .png/.jpg/.jpeg images (e4e.data conventions)")
+    p.add_argument("--images", required=True,
+                   help="folder of .png/.jpg/.jpeg images (e4e.data conventions); face photos aligned with e4e-align")
     p.add_argument("--out", required=True, help="output folder")
     src = p.add_argument_group("method")
     src.add_argument("--checkpoint", help="inverter checkpoint (official e4e / pSp / ReStyle or this project's)")

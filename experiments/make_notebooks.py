@@ -291,7 +291,9 @@ plt.show()
 
 
 def build(out: Path) -> list[Path]:
-    import nbformat
+    from e4e.extras import require_extra
+
+    nbformat = require_extra("nbformat", "notebooks", "writing the notebooks")
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     makers = {"md": new_markdown_cell, "code": new_code_cell}

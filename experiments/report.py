@@ -425,6 +425,10 @@ def execute_notebooks(notebooks: Iterable[str | Path] | None = None, *, uri: str
 
     Returns ``{notebook name: 'ok' | error message}``; executed copies go to ``<out>/notebooks/``.
     """
+    from e4e.extras import require_extra
+
+    for module in ("nbformat", "nbclient", "jupyter_client", "ipykernel"):
+        require_extra(module, "notebooks", "executing the report notebooks")
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError

@@ -72,8 +72,9 @@ class _InsightFaceArcFace:
     """insightface ArcFace ONNX -> L2-normalised embeddings of the fixed FFHQ face crop."""
 
     def __init__(self, path):
-        from insightface.model_zoo import get_model
+        from e4e.extras import require_extra
 
+        get_model = require_extra("insightface.model_zoo", "faces", "id_insightface").get_model
         self.model = get_model(str(path), providers=["CPUExecutionProvider"])
         if self.model is None:
             raise MetricUnavailable(f"id_insightface: insightface could not load {path} as a recognition model")

@@ -83,7 +83,9 @@ class SubmititLauncher:
     poll_s = 2.0
 
     def __init__(self, folder: Path, cluster: str | None, params: Mapping[str, Any]):
-        import submitit
+        from e4e.extras import require_extra
+
+        submitit = require_extra("submitit", "slurm", "--launcher submitit")
 
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         self.executor.update_parameters(**dict(params))

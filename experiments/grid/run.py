@@ -32,10 +32,13 @@ from experiments.grid.tables import ACTION_WORDS, format_plan, parent_note
 # a grid call
 # ================================================================================================
 def _create_child(client, exp_id: str, task: MemberTask, parent_id: str, sha: str) -> str:
+    from e4e.tracking import source_tags
+
     tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": task.member.name, "grid": task.grid,
             "member": task.member.name, "method": task.member.method, "domain": task.domain,
             "profile": task.profile, "git_sha": sha, "config_hash": task.config_hash,
-            "grid.order": str(task.member.order), "out_dir": task.out_dir, STAGE_TAG: "queued"}
+            "grid.order": str(task.member.order), "out_dir": task.out_dir, STAGE_TAG: "queued",
+            **source_tags(GRID_SOURCE_TYPE)}
     if task.member.depends_on:
         tags["depends_on"] = ",".join(task.member.depends_on)
     tags.update(member_tags(task))
@@ -43,19 +46,41 @@ def _create_child(client, exp_id: str, task: MemberTask, parent_id: str, sha: st
     return run.info.run_id
 
 
+#: ``mlflow.source.type`` of the grid's runs: a grid runs its members unattended, as a batch job
+GRID_SOURCE_TYPE = "JOB"
+
+
+def _backfill_tags(client, task: MemberTask) -> None:
+    """A run resumed by this grid call gets the tags that runs created before they existed lack:
+    ``steps`` / ``seed`` and MLflow's source tags."""
+    from e4e.tracking import set_tags, source_tags
+
+    have = client.get_run(task.run_id).data.tags
+    want = {**source_tags(GRID_SOURCE_TYPE), **{k: v for k, v in member_tags(task).items() if k in ("steps", "seed")}}
+    missing = {k: v for k, v in want.items() if k not in have}
+    if missing:
+        set_tags(client, task.run_id, missing)
+
+
 
 
 def member_tags(task: MemberTask) -> dict[str, str]:
     """``delta_reg`` / ``adversarial`` / ``progressive`` = on | off | n/a (optimisation baselines train
-    nothing) from the member's resolved config, and ``mlflow.note.content``: what the member is."""
+    nothing) from the member's resolved config, ``steps`` (its ``max_steps``; n/a for the optimisation
+    baselines) and ``seed``, so that grouping the runs by a switch can be split by length, and
+    ``mlflow.note.content``: what the member is."""
     method = task.member.method
     words = METHOD_WORDS.get(method, method)
+    resolved = None if task.error else _task_config(task)
     if method in OPTIM_METHODS or task.error:
         tags = {k: "n/a" for k in SWITCH_WORDS}
         cfg = None
     else:
-        cfg = _task_config(task)
+        cfg = resolved
         tags = {k: "on" if getattr(cfg, k).enabled else "off" for k in SWITCH_WORDS}
+    if resolved is not None:
+        tags["steps"] = str(cfg.max_steps) if cfg is not None else "n/a"
+        tags["seed"] = str(resolved.seed)
     if cfg is not None and method == "e4e":
         words += "; " + ", ".join(f"{SWITCH_WORDS[k]} {v}" for k, v in tags.items())
     if cfg is not None:
@@ -83,6 +108,10 @@ def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir:
         prepare_argv(grid, i, step["command"], allow_prepare_commands)
     if launcher not in LAUNCHERS:
         raise GridError(f"unknown launcher {launcher!r}; known: {sorted(LAUNCHERS)}")
+    if launcher == "submitit" and not dry_run:  # before the store is touched
+        from e4e.extras import require_extra
+
+        require_extra("submitit", "slurm", "--launcher submitit")
     if dry_run:   # read-only: not even an empty store is created
         tasks = plan(grid, tracking_uri, runs_dir, None, reevaluate)
         print(format_plan(grid, tasks))
@@ -99,7 +128,8 @@ def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir:
     parent = client.create_run(exp_id, run_name=f"{grid.name}-{grid.profile}-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags={"grid": grid.name, "grid.parent": "true", "profile": grid.profile,
                                      "domain": grid.domain, "git_sha": sha, "launcher": launcher,
-                                     "grid.file": grid.path, **_process_tags()})
+                                     "grid.file": grid.path, **_process_tags(),
+                                     **tracking.source_tags(GRID_SOURCE_TYPE)})
     parent_id = parent.info.run_id
     with tempfile.TemporaryDirectory() as tmp:   # the resolved grid, as run
         (Path(tmp) / "grid.yaml").write_text(yaml.safe_dump(dataclasses.asdict(grid), sort_keys=False))
@@ -107,6 +137,7 @@ def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir:
     for t in tasks:
         t.experiment_id, t.parent_run_id = exp_id, parent_id
     print(format_plan(grid, tasks), flush=True)
+    print(f"MLflow UI (make ui): {tracking.ui_url(exp_id)}", flush=True)
     jobs = max(1, jobs)
     runner = LAUNCHERS[launcher](jobs=jobs, folder=Path(runs_dir) / grid.domain / grid.name / "submitit", cluster=cluster,
                   params=submitit_params or {})
@@ -262,6 +293,7 @@ def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | 
             else:
                 client.set_tag(t.run_id, "git_sha", sha)
                 client.set_tag(t.run_id, "grid.last_parent", parent_id)
+                _backfill_tags(client, t)
             client.update_run(t.run_id, status="RUNNING")
     except LockedError as exc:
         return MemberResult(t.member.name, "BUSY", t.run_id, str(exc))
@@ -287,13 +319,19 @@ def _fail_unstarted(client, exp_id, t: MemberTask, parent_id, sha, msg) -> Membe
 
 
 def _checkpoint_of(client, t: MemberTask) -> str | None:
-    """Checkpoint of a finished member (its ``checkpoint`` tag, else the newest in its out_dir)."""
-    tag = client.get_run(t.run_id).data.tags.get("checkpoint") if t.run_id else None
-    if tag and Path(tag).exists():
+    """Checkpoint of a finished member: its ``checkpoint`` tag where that file exists (or is a URI),
+    else the newest inverter in its out_dir, else the checkpoint logged as an artifact of its run
+    (``runs:/<run_id>/best_inverter.pt``: the member ran on another host, or its folder is gone)."""
+    from e4e.tracking import checkpoint_artifact, is_artifact_uri
+
+    tags = client.get_run(t.run_id).data.tags if t.run_id else {}
+    tag = tags.get("checkpoint")
+    if tag and (is_artifact_uri(tag) or Path(tag).exists()):
         return tag
     with contextlib.suppress(FileNotFoundError):
         return str(_summary_checkpoint(None, t))
-    return None
+    return checkpoint_artifact(client, t.run_id, tags) if t.run_id else None
+
 
 
 
