@@ -99,12 +99,12 @@ def plan(grid: GridSpec, tracking_uri: str, runs_dir: str | Path = DEFAULT_RUNS_
         if error:
             t.action = "invalid"
         elif t.action != "skip":
-            from e4e.fileio import lock_info
+            from e4e.fileio import LOCK_NAME, describe_lock, lock_info
 
             lock = lock_info(out_dir)
             if lock and lock.get("alive"):   # another live process trains it: never resume under it
                 t.action = "busy"
-                t.error = f"in use by pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}"
+                t.error = describe_lock(Path(out_dir) / LOCK_NAME, lock)   # who holds it, how to clear it
         tasks[m.name] = t
     return [tasks[m.name] for m in grid.members]
 
