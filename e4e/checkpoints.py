@@ -60,7 +60,13 @@ SAFE_GLOBALS = (argparse.Namespace,)
 
 
 def resolve_path(path) -> Path:
-    """An existing file, or a key of the weights registry (``e4e.weights``) resolved on disk."""
+    """An existing file, a key of the weights registry (``e4e.weights``) resolved on disk, or an MLflow
+    artifact URI (``runs:/<run_id>/inverter.pt``, ``mlflow-artifacts:/...``) downloaded into the cache
+    (``e4e.tracking.fetch_artifact``, in ``$MLFLOW_TRACKING_URI``'s store); loaded like any file."""
+    from e4e.tracking import fetch_artifact, is_artifact_uri
+
+    if is_artifact_uri(path):
+        return fetch_artifact(path)
     p = Path(path)
     if p.is_file():
         return p

@@ -177,6 +177,9 @@ class TrainConfig:
     image_every: int = 1000      # image grid artifact every N steps
     image_edits: list[str] = field(default_factory=list)  # edit rows in the grids: "direction:strength"
     ckpt_every: int = 2000       # last.pt (+ buffered metrics flushed) every N steps
+    flush_every: int = 10        # buffered metrics also flushed every flush_every x log_every steps (0 = off)
+    flush_seconds: float = 30.0  # ... and when the last flush is this old, at a logged step (0 = off)
+    log_last_checkpoint: bool = False  # also log last.pt (with the optimiser state: large) as an artifact
     seed: int = 0
     out_dir: str = ""            # "" = runs/<domain>/<method>-<config_hash[:10]>
     device: str = "auto"         # auto | cpu | cuda | cuda:N
@@ -191,7 +194,7 @@ class TrainConfig:
 # keys that say where/how a run executes, not what it computes (excluded from config_hash)
 RUN_LOCATION_KEYS = frozenset({
     "out_dir", "device", "experiment", "run_name", "progress", "log_every", "image_every", "image_edits",
-    "ckpt_every",
+    "ckpt_every", "flush_every", "flush_seconds", "log_last_checkpoint",
     "data.num_workers",
 })
 
@@ -551,7 +554,7 @@ _POSITIVE = ("projection.steps", "projection.w_avg_samples", "batch_size", "max_
 _NON_NEGATIVE = ("loss.l2_lambda", "loss.lpips_lambda", "loss.id_lambda", "delta_reg.weight", "adversarial.weight",
                  "adversarial.r1_gamma", "adversarial.pool_size", "progressive.start", "optim.lr",
                  "data.val_fraction", "data.image_size", "data.num_workers", "adversarial.d_lr",
-                 "optim.weight_decay")
+                 "optim.weight_decay", "flush_every", "flush_seconds")
 _RANGES = {  # key -> (low, high) inclusive, and why
     "seed": (0, 2**32 - 1, "the numpy / torch seed range"),
 }

@@ -4,8 +4,11 @@
         --metrics l2,msssim,swd,latent_dist_w,lec_smile_3
     python -m experiments.evaluate --run <mlflow run id> --data data/synth/test --metrics l2,lpips_alex
 
-``--run`` loads the checkpoint named by the run's ``checkpoint`` tag and logs into that run;
-``--checkpoint`` alone logs into a new run of the domain's experiment (``--no-mlflow``: print only).
+``--run`` loads the checkpoint named by the run's ``checkpoint`` tag and logs into that run (a file
+not on this machine: the run's checkpoint artifact); ``--checkpoint`` alone logs into a new run of the
+domain's experiment (``--no-mlflow``: print only). A checkpoint may be an artifact URI,
+``--checkpoint runs:/<run_id>/best_inverter.pt`` (the trainer logs ``inverter.pt`` and
+``best_inverter.pt``): downloaded from ``--tracking-uri``'s store into the cache and loaded safely.
 Metrics are logged with ``log_batch`` as ``<prefix><name>`` (default prefix ``test/``, as the grid);
 per-image values go to the artifact ``eval/per_image.csv`` and all values to ``eval/metrics.json``.
 A run's ``test/*`` hold one image count (its tag ``eval.n_images``): an evaluation of the same run on
@@ -238,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m experiments.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="inverter checkpoint (official e4e / pSp / ReStyle or this project's)")
+    src.add_argument("--checkpoint", help="inverter checkpoint (official e4e / pSp / ReStyle or this project's): a "
+                     "file, or a run's artifact runs:/<run_id>/best_inverter.pt (downloaded from --tracking-uri)")
     src.add_argument("--run", help="MLflow run id: its 'checkpoint' tag is evaluated and metrics are logged to it")
     p.add_argument("--data", required=True, help="folder of (aligned) test images")
     p.add_argument("--metrics", type=comma_list, default="l2,msssim,swd",
@@ -266,10 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checkpoint_of_run(client, run_id: str) -> str:
+    """The checkpoint the run's ``checkpoint`` tag names (else ``best_checkpoint``, ``final_checkpoint``)
+    where that file exists here, else the run's checkpoint artifact (``runs:/<run_id>/best_inverter.pt``:
+    a run trained on another machine)."""
+    from e4e.tracking import checkpoint_artifact, is_artifact_uri
+
     tags = client.get_run(run_id).data.tags
-    for key in ("checkpoint", "best_checkpoint", "final_checkpoint"):
-        if tags.get(key):
-            return tags[key]
+    named = [tags[k] for k in ("checkpoint", "best_checkpoint", "final_checkpoint") if tags.get(k, "-") != "-"]
+    for ckpt in named:
+        if is_artifact_uri(ckpt) or Path(ckpt).is_file():
+            return ckpt
+    uri = checkpoint_artifact(client, run_id, tags)
+    if uri:
+        return uri
+    if named:
+        raise LookupError(f"run {run_id}: its checkpoint {named[0]} is not on this machine and the run logged no "
+                          "checkpoint artifact; pass --checkpoint")
     raise LookupError(f"run {run_id} has no 'checkpoint' tag; pass --checkpoint")
 
 
@@ -295,10 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     args.device = resolve_device(args.device)  # device, output folder and store checked before any work
     if args.out:
         check_out_dir(args.out)
-    must_exist = args.run is not None  # a run is read from an existing store, never from a new one
+    # a run, or a checkpoint artifact, is read from an existing store, never from a new one
+    must_exist = args.run is not None or tracking.is_artifact_uri(args.checkpoint)
     client = None if args.no_mlflow else tracking.get_client(args.tracking_uri, must_exist)
     ckpt = args.checkpoint or _checkpoint_of_run(client or tracking.get_client(args.tracking_uri, must_exist), args.run)
-    inverter = load_inverter(ckpt, device=args.device, allow_pickle=allow_pickle(args)).eval()
+    local = tracking.fetch_artifact(ckpt, tracking.check_store(args.tracking_uri, True)) \
+        if tracking.is_artifact_uri(ckpt) else ckpt
+    inverter = load_inverter(local, device=args.device, allow_pickle=allow_pickle(args)).eval()
     size = None if not args.size else (args.size[0] if len(args.size) == 1 else tuple(args.size[:2]))
     images = load_images(args.data, args.domain, args.n_images, size=size)
     directions = {k: editing.load_direction(str(v)) for k, v in direction_files.items()}
@@ -318,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         run_id = args.run
         if run_id is None:
             exp_id = tracking.get_or_create_experiment(client, args.experiment or args.domain)
-            run_id = client.create_run(exp_id, run_name="evaluate", tags={"checkpoint": str(ckpt)}).info.run_id
+            run_id = client.create_run(exp_id, run_name="evaluate",
+                                       tags={"checkpoint": str(ckpt), **tracking.source_tags()}).info.run_id
         prefix = log_evaluation(client, run_id, values, per_image, unavailable, int(images.shape[0]), extra,
                                 args.prefix)
+        tracking.log_dataset(client, run_id, args.data, "evaluation", tags={"n_images": int(images.shape[0])})
         if args.run is None:
             client.set_terminated(run_id)
         kept = "" if prefix == args.prefix else (f" as {prefix}* (its {args.prefix}* hold another number of "

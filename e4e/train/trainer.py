@@ -42,8 +42,8 @@ def train(cfg: C.TrainConfig, *, run_id: str | None = None, generator: nn.Module
     ones the config names (tests, notebooks); ``perceptual`` / ``identity`` replace the loss networks;
     ``stop_after`` returns right after that many steps without checkpoint or flush (a simulated
     kill). Summary keys: run_id, step, checkpoint (best inverter if validation ran, else final),
-    final_checkpoint, best_checkpoint, last_checkpoint, final_losses, best_val, best_step, out_dir,
-    config_hash, stopped.
+    final_checkpoint, best_checkpoint, last_checkpoint, checkpoint_uri (``runs:/<run_id>/<file>``: the
+    checkpoint logged as an artifact), final_losses, best_val, best_step, out_dir, config_hash, stopped.
     """
     if cfg.model.method not in STEP_FNS:
         raise C.ConfigError(f"model.method {cfg.model.method!r} is not a trained method; trained: {sorted(STEP_FNS)}"
@@ -228,7 +228,8 @@ class Trainer:
             tags = {**T.system_tags(self.device), "method": cfg.model.method, "config_hash": self.chash,
                     "out_dir": str(out_dir.resolve()), "world_size": info.world,
                     "loss.identity": self.id_kind or "-",
-                    "loss.perceptual": cfg.loss.lpips_net if cfg.loss.lpips_lambda else "-"}
+                    "loss.perceptual": cfg.loss.lpips_net if cfg.loss.lpips_lambda else "-",
+                    "steps": cfg.max_steps, "seed": cfg.seed}
             if run_id is None:
                 run_id = _orphan_run(client, out_dir, self.chash)   # killed before its first checkpoint: adopt it
                 own_run = run_id is not None
@@ -242,7 +243,8 @@ class Trainer:
                 # a run this trainer created (recorded in the checkpoint) vs one handed in (a grid member)
                 own_run = bool(state.run_id) and run_id == state.run_id and state.own_run
                 client.update_run(run_id, status="RUNNING")
-            T.set_tags(client, run_id, tags)
+            have = client.get_run(run_id).data.tags   # a run handed in keeps the source its creator gave it
+            T.set_tags(client, run_id, {k: v for k, v in tags.items() if not (k in T.CREATOR_TAGS and k in have)})
             existing = client.get_run(run_id).data.params
             T.log_params(client, run_id,
                          {k: v for k, v in T.flatten_params(C.to_dict(cfg)).items() if k not in existing})
@@ -250,7 +252,25 @@ class Trainer:
                 client.log_artifact(run_id, str(out_dir / "config.yaml"))
             if self.pending:  # rows saved with the checkpoint but possibly not flushed before the kill
                 T.flush_pending(client, run_id, self.pending)
+            # steps flushed after the checkpoint this run resumes from (between checkpoints) are in the
+            # store: the replayed steps up to there are not logged again
+            self.buffer.floor = T.logged_steps(client, run_id)
+            self._log_datasets(client, run_id)
         self.run_id, self.own_run = D.broadcast_object(run_id, info.world), own_run
+
+    def _log_datasets(self, client, run_id: str) -> None:
+        """The training / validation image folders as the run's dataset inputs (in-memory sets: none).
+        MLflow holds a data set once per run: validation held out of the training folder is the
+        training input's tag ``n_validation``."""
+        train_dir, val_dir = T.dataset_folder(self.train_set), T.dataset_folder(self.val_set)
+        n_val = len(self.val_set) if self.val_set is not None else 0
+        if train_dir is not None:
+            tags = {"n_images": len(self.train_set)}
+            if n_val and val_dir is not None and val_dir.resolve() == train_dir.resolve():
+                tags["n_validation"] = n_val
+            T.log_dataset(client, run_id, train_dir, "training", tags=tags)
+        if n_val and val_dir is not None and (train_dir is None or val_dir.resolve() != train_dir.resolve()):
+            T.log_dataset(client, run_id, val_dir, "validation", tags={"n_images": n_val})
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint(self, path: Path, step: int) -> None:
@@ -353,6 +373,7 @@ class Trainer:
         t_loop = time.perf_counter()
         steps_run = 0
         step_times: list[float] = []
+        self.buffer.flushed_at = time.monotonic()   # the flush clock starts with the steps
         while state.step < cfg.max_steps:
             t_step = time.perf_counter()
             logs = self.step()
@@ -375,6 +396,8 @@ class Trainer:
                 self.checkpoint(self.last_path, state.step)
                 if info.main:
                     self.buffer.flush(self.client, self.run_id)
+            elif info.main and self.flush_due():
+                self.buffer.flush(self.client, self.run_id)
         self.stream.close()
         if bar is not None:
             bar.close()
@@ -385,10 +408,37 @@ class Trainer:
                    "last_checkpoint": str(self.last_path), "stopped": stopped, "sec_per_step": step_time,
                    "sec_per_step_median": median_step,
                    "sec_first_step": step_times[0] if step_times else float("nan"),
-                   "final_checkpoint": None, "best_checkpoint": None, "checkpoint": None}
+                   "final_checkpoint": None, "best_checkpoint": None, "checkpoint": None, "checkpoint_uri": None}
         if stopped:
             return _with_checksum(summary, self.params)
         return self.finish(summary, steps_run)
+
+    def flush_due(self) -> bool:
+        """Between checkpoints, at a logged step: every ``flush_every`` x ``log_every`` steps, or when the
+        last flush is ``flush_seconds`` old. A kill before the next checkpoint replays the steps after the
+        last one; their rows already flushed are not logged again (``MetricBuffer.floor``)."""
+        cfg, step = self.cfg, self.state.step
+        if not self.buffer.rows or step % cfg.log_every:
+            return False
+        if cfg.flush_every and step % (cfg.log_every * cfg.flush_every) == 0:
+            return True
+        return bool(cfg.flush_seconds) and self.buffer.seconds_since_flush() >= cfg.flush_seconds
+
+    def log_checkpoints(self, steps_run: int) -> dict[str, str]:
+        """``inverter.pt`` and ``best_inverter.pt`` (and ``last.pt`` with ``log_last_checkpoint``) as
+        artifacts at the run's root, so ``runs:/<run_id>/best_inverter.pt`` loads anywhere the store is
+        reachable. A finished run opened again (no step run) does not send a file the run holds at that
+        size again. Returns file name -> ``runs:/`` URI."""
+        client, run_id = self.client, self.run_id
+        files = [self.final_inv_path, self.best_inv_path] + ([self.last_path] if self.cfg.log_last_checkpoint else [])
+        have = {f.path: f.file_size for f in client.list_artifacts(run_id) if not f.is_dir} if not steps_run else {}
+        out = {}
+        for f in files:
+            if f.is_file():
+                if have.get(f.name) != f.stat().st_size:
+                    client.log_artifact(run_id, str(f))
+                out[f.name] = T.run_artifact_uri(run_id, f.name)
+        return out
 
     def finish(self, summary: dict, steps_run: int) -> dict:
         """The final inverter file, the checkpoint tags, the run FINISHED (when this trainer opened it)."""
@@ -400,8 +450,11 @@ class Trainer:
             summary["final_checkpoint"] = str(self.final_inv_path)
             summary["best_checkpoint"] = str(best) if best.is_file() else None
             summary["checkpoint"] = summary["best_checkpoint"] or summary["final_checkpoint"]
+            uris = self.log_checkpoints(steps_run)
+            summary["checkpoint_uri"] = uris.get(Path(summary["checkpoint"]).name)
             T.set_tags(client, run_id, {"final_checkpoint": str(self.final_inv_path.resolve()),
                                         "best_checkpoint": str(best.resolve()) if best.is_file() else "-",
+                                        "checkpoint.uri": summary["checkpoint_uri"] or "-",
                                         "best_step": state.best_step,
                                         "train_seconds": f"{time.perf_counter() - self.t_start:.1f}"})
             if self.own_run:

@@ -110,10 +110,14 @@ def _optim_stage(task: MemberTask):
     """Optimisation baselines: nothing to train; the inverter optimises at evaluation time."""
     from baselines import optim
 
+    from e4e.tracking import fetch_artifact, is_artifact_uri
+
     cfg = _task_config(task)
     _log_params(task, cfg)
     encoder = next(iter(task.dependencies.values()), None)
-    return optim.build_inverter(task.member.method, cfg, encoder_checkpoint=encoder), encoder
+    # a dependency trained elsewhere (its folder gone): its checkpoint artifact, from the grid's store
+    local = str(fetch_artifact(encoder, task.tracking_uri)) if is_artifact_uri(encoder) else encoder
+    return optim.build_inverter(task.member.method, cfg, encoder_checkpoint=local), encoder
 
 
 METHOD_STAGES: dict[str, Callable[[MemberTask], tuple[Any, str | None]]] = {
@@ -128,7 +132,7 @@ def _summary_checkpoint(summary: Any, task: MemberTask) -> Path:
         ckpt = summary.get("checkpoint") or summary.get("final_checkpoint") or summary.get("best_checkpoint")
     ckpt = Path(ckpt) if ckpt else None
     if ckpt is None or not ckpt.exists():
-        cands = [Path(task.out_dir) / n for n in ("final.pt", "best.pt", "last.pt")]
+        cands = [Path(task.out_dir) / n for n in ("best_inverter.pt", "inverter.pt", "final.pt", "best.pt", "last.pt")]
         ckpt = next((c for c in cands if c.exists()), None)
     if ckpt is None:
         raise FileNotFoundError(f"the trainer returned no checkpoint for {task.member.name} (out_dir {task.out_dir})")
@@ -154,10 +158,14 @@ def evaluate_member(task: MemberTask, inverter, client) -> dict[str, float]:
     import torch
     from experiments import evaluate as E
 
+    from e4e.tracking import log_dataset
+
     spec = task.evaluate
     n = spec.get("n_images")
     images = (E.load_images(spec["data"], task.domain, n) if spec.get("data")
               else E.load_test_images(task.domain, n))
+    log_dataset(client, task.run_id, spec.get("data") or E.default_data_dir(task.domain), "evaluation",
+                tags={"n_images": len(images)})
     inverter.eval()
     values, per_image, unavailable = E.evaluate(inverter, images, list(spec.get("metrics") or []),
                                                 batch_size=spec.get("batch_size", 8), domain=task.domain,

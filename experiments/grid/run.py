@@ -82,7 +82,7 @@ def member_tags(task: MemberTask) -> dict[str, str]:
         tags["steps"] = str(cfg.max_steps) if cfg is not None else "n/a"
         tags["seed"] = str(resolved.seed)
     if cfg is not None and method == "e4e":
-        words += "; " + ", ".join(f"{SWITCH_WORDS[k]} {v}" for k, v in tags.items())
+        words += "; " + ", ".join(f"{SWITCH_WORDS[k]} {tags[k]}" for k in SWITCH_WORDS)
     if cfg is not None:
         words += f"; {cfg.max_steps} training steps, batch {cfg.batch_size}"
     if task.member.options:
