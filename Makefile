@@ -18,10 +18,11 @@ DEMO_REPORTS ?= runs/reports
 # CPU-only or CUDA-specific wheel index); TORCH='torch==X torchvision==Y' picks other in-range versions.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
-# the optional dependency groups installed with the package (pyproject.toml: faces, slurm, notebooks, dev, all)
+# the optional dependency groups installed with the package (pyproject.toml: faces, slurm, server, notebooks, dev, all)
 EXTRAS ?= all
 
-.PHONY: help install demo test test-fast report realism-gap convergence ablation-study ablation-effects ui weights synth-data bench
+.PHONY: help install demo test test-fast report realism-gap convergence ablation-study ablation-effects ui weights synth-data bench \
+        postgres server server-stop server-status screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +61,7 @@ ablation-study: install  ## one seed of the 2^3 e4e ablations + pSp + W encoder 
 ablation-effects: install  ## effects tables + figure from the committed per-seed results (no MLflow store needed)
 	$(BIN)/python -m experiments.ablation effects --out reports
 
-test: install  ## the whole test suite (what CI runs)
+test: install postgres  ## the whole test suite (what CI runs; installs PostgreSQL for the tracking-server test when root)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install  ## the tests not marked slow
@@ -69,8 +70,38 @@ test-fast: install  ## the tests not marked slow
 report: install  ## refresh the tracked reports/ (tables, figures, executed notebooks) from MLflow
 	$(BIN)/python -m experiments.report --experiment $(DOMAIN) --grid paper_ablation --out reports
 
-ui: install  ## MLflow UI on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+# `make ui` reads the store MLFLOW_TRACKING_URI names (else the project's sqlite store); a tracking server
+# (an http(s) URI, e.g. `make server`) serves its own UI at that address, so nothing is started for it
+UI_URI = $(or $(MLFLOW_TRACKING_URI),sqlite:///mlruns/mlflow.db)
+UI_PORT ?= 5000
+ui: install  ## MLflow UI on http://127.0.0.1:5000 for $MLFLOW_TRACKING_URI (default sqlite:///mlruns/mlflow.db); a server's UI is its URL
+	@case '$(UI_URI)' in \
+	  http://*|https://*) echo "MLFLOW_TRACKING_URI is the tracking server $(UI_URI): its UI is already there, open $(UI_URI) (nothing to start)";; \
+	  *) echo "MLflow UI on http://127.0.0.1:$(UI_PORT) for $(UI_URI)"; \
+	     $(BIN)/mlflow ui --backend-store-uri '$(UI_URI)' --host 127.0.0.1 --port $(UI_PORT);; \
+	esac
+
+# the tracking server (docs/tracking.md): PostgreSQL + `mlflow server` with its artifacts, all in $(SERVER_DIR)/
+# (gitignored); run as root, PostgreSQL runs as the unprivileged `postgres` user (experiments/server.py)
+SERVER_DIR ?= server
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+postgres:  ## PostgreSQL's server binaries (make server, tests/test_server.py): apt-get install postgresql when missing and root
+	@if [ -n "$$E4E_PG_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "PostgreSQL is not installed: apt-get install postgresql"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+	else echo "warning: PostgreSQL's server binaries are missing (tests/test_server.py fails, make server stops): sudo apt-get install postgresql, or set E4E_PG_BIN" >&2; fi
+
+server: install postgres  ## start the MLflow tracking server (PostgreSQL store, served artifacts) in server/ on http://127.0.0.1:5000
+	$(BIN)/python -m experiments.server start --dir $(SERVER_DIR) --host $(SERVER_HOST) --port $(SERVER_PORT)
+	@echo "clients: export MLFLOW_TRACKING_URI=$$($(BIN)/python -m experiments.server url --dir $(SERVER_DIR)); stop: make server-stop"
+
+server-stop: install  ## stop the tracking server, then its PostgreSQL
+	$(BIN)/python -m experiments.server stop --dir $(SERVER_DIR)
+
+server-status: install  ## what of the tracking server runs, and its URL
+	$(BIN)/python -m experiments.server status --dir $(SERVER_DIR)
 
 weights: install  ## where each pretrained file goes, and which are present
 	$(BIN)/python -m experiments.weights

@@ -8,6 +8,7 @@ catches it). Importing this module imports nothing heavy (no torch).
     extra      packages                                           needed for
     faces      dlib-bin, face-recognition-models, insightface     e4e-align, id_dlib, id_insightface
     slurm      submitit                                           e4e-grid --launcher submitit
+    server     psycopg2-binary                                    experiments.server (MLflow tracking server on PostgreSQL)
     notebooks  jupyterlab, nbclient, nbformat, jupytext, ipykernel  e4e-report (runs the notebooks)
     dev        pytest, pytest-timeout, pytorch-msssim, scikit-image  the test suite
     all        all of the above                                   (what ``make install`` installs)
@@ -23,6 +24,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "require_extra", "install_hint"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "faces": ("dlib", "face_recognition_models", "insightface"),
     "slurm": ("submitit",),
+    "server": ("psycopg2",),
     "notebooks": ("nbclient", "nbformat", "jupytext", "ipykernel", "jupyter_client", "jupyterlab"),
 }
 

@@ -207,11 +207,14 @@ def get_or_create_experiment(client, name: str) -> str:
     return exp.experiment_id
 
 
-def ui_url(experiment_id: str, run_id: str | None = None, base: str | None = None) -> str:
+def ui_url(experiment_id: str, run_id: str | None = None, base: str | None = None,
+           store: str | None = None) -> str:
     """A link into the MLflow UI that opens the model-training view (runs table, charts) of the
     experiment, or a run's page: ``<base>/#/experiments/<id>[/runs/<run>]?workflowType=machine_learning``.
-    ``base``: ``$MLFLOW_UI_URL``, else ``http://127.0.0.1:5000`` (``make ui``)."""
-    base = (base or os.environ.get("MLFLOW_UI_URL") or DEFAULT_UI_URL).rstrip("/")
+    ``base``: ``$MLFLOW_UI_URL``, else the tracking server itself when ``store`` (the tracking URI) is
+    http(s) (a server serves its UI), else ``http://127.0.0.1:5000`` (``make ui``)."""
+    served = store if store and store.lower().startswith(("http://", "https://")) else None
+    base = (base or os.environ.get("MLFLOW_UI_URL") or served or DEFAULT_UI_URL).rstrip("/")
     page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}/{page}?{UI_WORKFLOW_PARAM}={UI_WORKFLOW_TRAINING}"
 

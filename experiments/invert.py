@@ -23,7 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from e4e.cli import Parser, add_allow_pickle_flag, add_device_flag, allow_pickle, check_out_dir, guarded, positive_int
+from e4e.cli import (Parser, add_allow_pickle_flag, add_device_flag, add_tracking_flag, allow_pickle, check_out_dir,
+                     guarded, positive_int)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--no-recon", action="store_true", help="do not write reconstruction PNGs")
     add_allow_pickle_flag(p)
+    add_tracking_flag(p, "; where runs:/<run_id>/inverter.pt checkpoints are downloaded from")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. projection.steps=200 projection.fallback=l2")
     return p
@@ -54,6 +56,17 @@ def _size_hw(size) -> tuple[int, int]:
     if isinstance(size, (tuple, list)):
         return int(size[0]), int(size[1])
     return int(size), int(size)
+
+
+def fetch_artifacts(args) -> None:
+    """``--checkpoint`` / ``--encoder`` / ``--generator`` given as MLflow artifact URIs (``runs:/...``)
+    replaced by their local copies, downloaded from ``--tracking-uri`` (a sqlite store or a server)."""
+    from e4e.tracking import check_store, fetch_artifact, is_artifact_uri
+
+    for name in ("checkpoint", "encoder", "generator"):
+        value = getattr(args, name)
+        if is_artifact_uri(value):
+            setattr(args, name, str(fetch_artifact(value, check_store(args.tracking_uri, must_exist=True))))
 
 
 def build_inverter(args, device):
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     out = check_out_dir(args.out)
     paths = list_images(Path(args.images))
+    fetch_artifacts(args)
     inverter, source = build_inverter(args, device)
     if not paths:
         print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}", file=sys.stderr)

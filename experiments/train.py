@@ -15,7 +15,7 @@ import json
 import sys
 
 from e4e import config as C
-from e4e.cli import Parser, guarded
+from e4e.cli import Parser, add_tracking_flag, guarded
 
 
 def _key_table() -> str:
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment YAML (deltas only); repeat to combine, e.g. a domain file and a method file")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (YAML) and its config_hash, then exit without training")
+    add_tracking_flag(p, "; a tracking server: http://host:port")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotlist overrides, e.g. optim.lr=1e-4")
     return p
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from e4e.train import train
 
-    summary = train(cfg)
+    summary = train(cfg, tracking_uri=args.tracking_uri)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -137,7 +137,8 @@ def run_grid(grid: GridSpec, tracking_uri: str = DEFAULT_TRACKING_URI, runs_dir:
     for t in tasks:
         t.experiment_id, t.parent_run_id = exp_id, parent_id
     print(format_plan(grid, tasks), flush=True)
-    print(f"MLflow UI (make ui): {tracking.ui_url(exp_id)}", flush=True)
+    served = tracking_uri.lower().startswith(("http://", "https://"))
+    print(f"MLflow UI{'' if served else ' (make ui)'}: {tracking.ui_url(exp_id, store=tracking_uri)}", flush=True)
     jobs = max(1, jobs)
     runner = LAUNCHERS[launcher](jobs=jobs, folder=Path(runs_dir) / grid.domain / grid.name / "submitit", cluster=cluster,
                   params=submitit_params or {})
