@@ -103,6 +103,15 @@ server-stop: install  ## stop the tracking server, then its PostgreSQL
 server-status: install  ## what of the tracking server runs, and its URL
 	$(BIN)/python -m experiments.server status --dir $(SERVER_DIR)
 
+# docs/mlflow_runs_table.png: Playwright (npm playwright-core, docs/screenshot/package.json) drives Debian's
+# chromium through the UI's column picker; SHOT_URI=<tracking URI> shows that store instead of a tiny grid's
+SHOT_URI ?=
+screenshot: install  ## docs/mlflow_runs_table.png: a tiny grid's runs table in the MLflow UI (Playwright + chromium)
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	  || { echo "error: /usr/bin/chromium is missing: sudo apt-get install chromium" >&2; exit 1; }
+	cd docs/screenshot && npm ci --no-audit --no-fund --silent
+	$(BIN)/python docs/screenshot/run.py $(if $(SHOT_URI),--tracking-uri '$(SHOT_URI)')
+
 weights: install  ## where each pretrained file goes, and which are present
 	$(BIN)/python -m experiments.weights
 

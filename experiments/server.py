@@ -108,6 +108,8 @@ def pg_user(folder: Path, name: str | None = None) -> PgUser:
         if name and name != entry.pw_name:
             raise ServerError(f"{pgdata} belongs to {entry.pw_name!r}, not --pg-user {name!r}: PostgreSQL runs "
                               "as the owner of its data folder")
+        if os.geteuid() not in (0, owner):
+            raise ServerError(f"{pgdata} belongs to {entry.pw_name!r}: run this as that user (or as root)")
     elif name or os.geteuid() == 0:
         candidates = [name] if name else [os.environ.get("E4E_PG_USER") or "", "postgres", "nobody"]
         entry = None

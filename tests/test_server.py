@@ -134,3 +134,32 @@ def test_grid_from_two_processes_against_the_server(server, tmp_path):
                                           order_by=["attributes.start_time DESC"], max_results=1)]
     note = latest.data.tags["mlflow.note.content"]
     assert "2/2 members finished" in note and "| psp " in note and "| w_encoder " in note and "L2 ↓" in note
+
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+SHOT = REPO / "docs" / "screenshot"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.is_file() or shutil.which("node") is None
+                    or not (SHOT / "node_modules" / "playwright-core").is_dir(),
+                    reason="needs chromium (apt-get install chromium), node and `npm ci` in docs/screenshot "
+                           "(make screenshot sets them up)")
+def test_the_ui_link_opens_the_training_runs_table(server, tmp_path):
+    """The link the grid prints (?workflowType=machine_learning) opens the experiment on the runs
+    table, not the GenAI pages, and the column picker shows a metric column (docs/screenshot)."""
+    from e4e import tracking as T
+
+    c = T.get_client(server["url"])
+    exp_id = T.get_or_create_experiment(c, "ui-check")
+    for name, l2 in (("a", 0.5), ("b", 0.25)):
+        run = c.create_run(exp_id, run_name=name)
+        T.log_batch(c, run.info.run_id, metrics={"summary/l2": l2})
+        c.set_terminated(run.info.run_id)
+    out = tmp_path / "table.png"
+    shot = subprocess.run(["node", str(SHOT / "screenshot.mjs"), "--url", T.ui_url(exp_id, store=server["url"]),
+                           "--out", str(out), "--metrics", "summary/l2", "--hide", "", "--chromium", str(CHROMIUM)],
+                          cwd=SHOT, capture_output=True, text=True, timeout=400)
+    assert shot.returncode == 0, shot.stderr[-3000:] + shot.stdout[-2000:]
+    assert "training view: the runs table" in shot.stdout and "column summary/l2: shown" in shot.stdout
+    assert out.stat().st_size > 10_000
