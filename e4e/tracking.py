@@ -368,7 +368,8 @@ def system_tags(device, source_type: str | None = None) -> dict[str, str]:
     """``source_tags`` and the host: git sha (``-dirty`` with uncommitted changes), torch, python, device."""
     import torch
 
-    return {**source_tags(source_type), "git_sha": git_sha(), "torch": torch.__version__,
+    sha = git_sha()
+    return {**source_tags(source_type, sha), "git_sha": sha, "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device), "device_name": device_name(device)}
 
 
@@ -376,19 +377,19 @@ def system_tags(device, source_type: str | None = None) -> dict[str, str]:
 JOB_ENV = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
 
 
-def source_tags(source_type: str | None = None) -> dict[str, str]:
+def source_tags(source_type: str | None = None, sha: str | None = None) -> dict[str, str]:
     """MLflow's standard run tags, which ``MlflowClient.create_run`` leaves empty (constants of
     ``mlflow.utils.mlflow_tags``): ``mlflow.source.name`` (the command: ``python -m`` module, else the
     script), ``mlflow.source.type`` (``source_type``, else ``JOB`` inside a scheduler's job and ``LOCAL``
     otherwise; the grid passes ``JOB``), ``mlflow.source.git.commit`` (HEAD; ``git_sha`` says whether
-    the tree was dirty) and ``mlflow.user``. The trainer, the grid and evaluate set them on every run
-    they create."""
+    the tree was dirty; ``sha``: one already read) and ``mlflow.user``. The trainer, the grid and
+    evaluate set them on every run they create."""
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
     if source_type is None:
         source_type = "JOB" if any(os.environ.get(v) for v in JOB_ENV) else "LOCAL"
     tags = {MLFLOW_SOURCE_NAME: source_name(), MLFLOW_SOURCE_TYPE: source_type, MLFLOW_USER: _user()}
-    sha = git_sha().removesuffix("-dirty")
+    sha = (sha or git_sha()).removesuffix("-dirty")
     if sha != "unknown":
         tags[MLFLOW_GIT_COMMIT] = sha
     return tags

@@ -27,6 +27,7 @@ TRAIN_SCRIPT = textwrap.dedent(r'''
     from e4e import train as TR
 
     out, uri, experiment, where, at = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    extra = sys.argv[6:]                # more config items (run-location keys: the reference's weights)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     g = Generator(32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8}).eval()
@@ -68,20 +69,20 @@ TRAIN_SCRIPT = textwrap.dedent(r'''
         "log_every=1", "val_every=2", "image_every=1000", "ckpt_every=3", "loss.lpips_lambda=0",
         "loss.id_lambda=0", "model.noise_mode=random", "progressive.scale_with_steps=false",
         "progressive.start=2", "progressive.interval=2", "adversarial.r1_every=2", "adversarial.pool_size=3",
-        "optim.lr=1e-3", "data.hflip=true", "progress=false", "model.encoder.small=true", "device=cpu"])
+        "optim.lr=1e-3", "data.hflip=true", "progress=false", "model.encoder.small=true", "device=cpu", *extra])
     ds = torch.utils.data.TensorDataset
     s = TR.train(cfg, generator=g, train_set=ds(x[:4]), val_set=ds(x[4:8]), tracking_uri=uri)
     print("RUN", s["run_id"], s["step"])
 ''')
 
 
-def _train(tmp_path, out, experiment, where="none", at=0):
+def _train(tmp_path, out, experiment, where="none", at=0, extra=()):
     script = tmp_path / "train_script.py"
     script.write_text(TRAIN_SCRIPT)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(script), str(out), uri, experiment, where, str(at)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(script), str(out), uri, experiment, where, str(at), *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,34 @@ def test_trainer_killed_resumes_exactly(where, at, reference):
     assert [r.info.run_id for r in runs] == [run_id], "no orphan run, no second run"
     assert runs[0].info.status == "FINISHED"
     steps = lambda k: sorted(m.step for m in c.get_metric_history(run_id, k))  # noqa: E731
+    for key in ("train/loss", "train/loss_l2", "train/loss_d", "train/progressive_stage"):
+        assert steps(key) == list(range(1, 10)), key
+    assert steps("val/loss") == [2, 4, 6, 8, 9]
+    assert steps("train/loss_r1") == [1, 3, 5, 7, 9]
+
+
+def test_trainer_killed_after_an_intermediate_flush_logs_each_step_once(reference):
+    """Metrics flushed every 2 steps between the checkpoints (every 3): killed at step 5, the store
+    holds step 4 although last.pt is step 3's; the restart replays steps 4-5 and logs each step once,
+    with the weights of the uninterrupted run."""
+    from mlflow.tracking import MlflowClient
+
+    tmp, ref = reference
+    name, extra = "killed_after_flush", ("flush_every=2", "flush_seconds=0")
+    out = tmp / name
+    first = _train(tmp, out, name, "step", 5, extra)
+    assert first.returncode == -9, (first.returncode, first.stderr[-3000:])
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    c = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    steps = lambda k: sorted(m.step for m in c.get_metric_history(run_id, k))  # noqa: E731
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+    assert steps("train/loss") == [1, 2, 3, 4] and steps("val/loss") == [2, 4]   # flushed beyond the checkpoint
+    second = _train(tmp, out, name, extra=extra)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.split()[-2:] == [run_id, "9"]
+    got = torch.load(out / "last.pt", weights_only=True)
+    for k in ref["inverter"]:
+        assert torch.equal(ref["inverter"][k], got["inverter"][k]), k
     for key in ("train/loss", "train/loss_l2", "train/loss_d", "train/progressive_stage"):
         assert steps(key) == list(range(1, 10)), key
     assert steps("val/loss") == [2, 4, 6, 8, 9]

@@ -461,6 +461,64 @@ def test_reevaluating_some_metrics_keeps_the_other_values_and_per_image_lists(ti
     pd.testing.assert_frame_equal(frame_after[frame.columns], frame)
 
 
+def test_member_runs_carry_source_tags_steps_seed_data_sets_and_checkpoint_artifacts(tiny):
+    """Standard MLflow tags (a grid's runs are JOBs), ``steps`` / ``seed`` on every member, the
+    training and evaluation folders as dataset inputs, the encoders' checkpoints as artifacts."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    c = MlflowClient(tiny["uri"])
+    runs = {r.data.tags["member"]: r for r in child_runs(tiny["uri"], "tiny")}
+    parent = c.get_run(runs["e4e"].data.tags["mlflow.parentRunId"])
+    for run in [parent, *runs.values()]:
+        tags = run.data.tags
+        assert tags[MLFLOW_SOURCE_TYPE] == "JOB" and tags[MLFLOW_SOURCE_NAME] and tags[MLFLOW_USER]
+        assert tags["git_sha"].startswith(tags[MLFLOW_GIT_COMMIT])
+    assert {m: (r.data.tags["steps"], r.data.tags["seed"]) for m, r in runs.items()} == \
+        {"e4e": ("6", "0"), "w_encoder": ("6", "0"), "optim_from_encoder": ("n/a", "0")}
+    for name, run in runs.items():
+        inputs = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i.dataset
+                  for i in c.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert inputs["evaluation"].name == "data/test", name
+        assert json.loads(inputs["evaluation"].source)["uri"] == str(Path(tiny["test"]).resolve())
+        assert ("training" in inputs) is (name != "optim_from_encoder"), name
+        if name != "optim_from_encoder":
+            assert inputs["training"].name == "data/train" and len(inputs["training"].digest) == 16
+        assert "steps" in run.data.tags["mlflow.note.content"] or name == "optim_from_encoder"
+    for name in ("e4e", "w_encoder"):
+        tags = runs[name].data.tags
+        assert tags["checkpoint.uri"] == f"runs:/{runs[name].info.run_id}/{Path(tags['checkpoint']).name}"
+        assert Path(tags["checkpoint"]).name in {a.path for a in c.list_artifacts(runs[name].info.run_id)}
+    exp = c.get_experiment_by_name("synth")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dependency_trained_on_another_host_comes_from_its_artifact(tiny, capsys):
+    """e4e's folder gone (as on another host): the member that starts from its codes
+    (optim_from_encoder, re-run after a failure) gets e4e's checkpoint artifact from the store."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tiny["uri"])
+    runs = {r.data.tags["member"]: r for r in child_runs(tiny["uri"], "tiny")}
+    e4e_dir = Path(runs["e4e"].data.tags["out_dir"])
+    away = e4e_dir.with_name(e4e_dir.name + "-away")
+    c.set_terminated(runs["optim_from_encoder"].info.run_id, "FAILED")
+    e4e_dir.rename(away)
+    try:
+        results = G.run_grid(G.load_grid(tiny["path"]), tiny["uri"], tiny["runs_dir"], progress=False)
+    finally:
+        away.rename(e4e_dir)
+    status = {r.member: r.status for r in results}
+    assert status == {"e4e": "SKIPPED", "w_encoder": "SKIPPED", "optim_from_encoder": "FINISHED"}, results
+    uri = runs["e4e"].data.tags["checkpoint.uri"]
+    assert next(r for r in results if r.member == "e4e").checkpoint == uri
+    optim = c.get_run(runs["optim_from_encoder"].info.run_id)
+    assert optim.data.tags["checkpoint"] == uri and optim.info.status == "FINISHED"
+    # the same encoder's codes: the same result (to float32 summation order, which varies between calls)
+    assert optim.data.metrics["test/l2"] == pytest.approx(runs["optim_from_encoder"].data.metrics["test/l2"], rel=1e-5)
+    assert "workflowType=machine_learning" in capsys.readouterr().out
+
+
 def test_report_refuses_to_mix_sample_sizes(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -50,16 +50,21 @@ def _create_child(client, exp_id: str, task: MemberTask, parent_id: str, sha: st
 GRID_SOURCE_TYPE = "JOB"
 
 
-def _backfill_tags(client, task: MemberTask) -> None:
-    """A run resumed by this grid call gets the tags that runs created before they existed lack:
-    ``steps`` / ``seed`` and MLflow's source tags."""
+def _backfill_tags(client, task: MemberTask, sha: str) -> None:
+    """A run resumed by this grid call: the commit it now runs (``mlflow.source.git.commit`` follows
+    ``git_sha``), and the tags that runs created before they existed lack (``steps`` / ``seed``,
+    MLflow's source tags)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
     from e4e.tracking import set_tags, source_tags
 
     have = client.get_run(task.run_id).data.tags
     want = {**source_tags(GRID_SOURCE_TYPE), **{k: v for k, v in member_tags(task).items() if k in ("steps", "seed")}}
-    missing = {k: v for k, v in want.items() if k not in have}
-    if missing:
-        set_tags(client, task.run_id, missing)
+    tags = {k: v for k, v in want.items() if k not in have}
+    if sha != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = sha.removesuffix("-dirty")
+    if tags:
+        set_tags(client, task.run_id, tags)
 
 
 
@@ -294,7 +299,7 @@ def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | 
             else:
                 client.set_tag(t.run_id, "git_sha", sha)
                 client.set_tag(t.run_id, "grid.last_parent", parent_id)
-                _backfill_tags(client, t)
+                _backfill_tags(client, t, sha)
             client.update_run(t.run_id, status="RUNNING")
     except LockedError as exc:
         return MemberResult(t.member.name, "BUSY", t.run_id, str(exc))
