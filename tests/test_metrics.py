@@ -499,7 +499,8 @@ def test_evaluate_records_unavailable(no_weights):
 
 # ---------------------------------------------------------------------------------------------
 # loaders of the pretrained networks, exercised with randomly initialised files in the official
-# formats (the real files are not on this machine; random weights are for these tests only)
+# formats (the real files are not on this machine; random weights are for these tests only: the
+# TEST-ONLY writers of tests/standins.py)
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def weights_dir(no_weights):
@@ -510,11 +511,9 @@ def weights_dir(no_weights):
 
 @pytest.mark.slow
 def test_id_arcface_loads_official_key_layout(weights_dir):
-    from e4e.models.backbones import Backbone
+    from standins import write_arcface
 
-    torch.manual_seed(0)
-    torch.save(Backbone(input_size=112, num_layers=50, drop_ratio=0.6, mode="ir_se").state_dict(),
-               weights_dir / "model_ir_se50.pth")
+    write_arcface(weights_dir)
     inv = LinearInverter(LinearGenerator(size=32), noise=0.1)
     res = get_metric("id_arcface")(_ctx(inv, _images(1, size=32), bs=1))
     assert -1 <= res.values["id_arcface"] <= 1 and len(res.per_image["id_arcface"]) == 1
@@ -522,14 +521,9 @@ def test_id_arcface_loads_official_key_layout(weights_dir):
 
 @pytest.mark.slow
 def test_id_moco_loads_moco_checkpoint(weights_dir):
-    import torchvision
+    from standins import write_moco
 
-    torch.manual_seed(0)
-    sd = torchvision.models.resnet50(weights=None).state_dict()
-    sd = {f"module.encoder_q.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
-    sd.update({"module.encoder_q.fc.0.weight": torch.zeros(2048, 2048), "module.encoder_q.fc.2.weight": torch.zeros(128, 2048),
-               "module.encoder_k.conv1.weight": torch.zeros(1)})
-    torch.save({"state_dict": sd, "epoch": 800}, weights_dir / "moco_v2_800ep_pretrain.pt")
+    write_moco(weights_dir)
     from e4e.identity import build_identity
 
     f = build_identity("moco")(_images(1, size=32))
@@ -538,11 +532,9 @@ def test_id_moco_loads_moco_checkpoint(weights_dir):
 
 @pytest.mark.slow
 def test_fid_inception_local_weights_and_reference_cache(weights_dir, tmp_path):
-    from pytorch_fid import inception as pfi
+    from standins import write_inception
 
-    torch.manual_seed(0)
-    sd = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False).state_dict()
-    torch.save(sd, weights_dir / "pt_inception-2015-12-05-6726825d.pth")
+    write_inception(weights_dir)
     inv = LinearInverter(LinearGenerator(size=32), noise=0.1)
     x = _images(2, size=32)
     cache = tmp_path / "fidcache"
@@ -553,10 +545,9 @@ def test_fid_inception_local_weights_and_reference_cache(weights_dir, tmp_path):
 
 
 def test_lpips_alex_with_local_trunk(weights_dir):
-    import torchvision
+    from standins import write_alexnet
 
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights_dir / "alexnet-owt-7be5be79.pth")
+    write_alexnet(weights_dir)
     inv = LinearInverter(LinearGenerator(size=32), noise=0.1)
     x = _images(3, size=32)
     r1 = get_metric("lpips_alex")(_ctx(inv, x, bs=1))

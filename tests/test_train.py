@@ -317,12 +317,11 @@ def test_adversarial_losses():
 
 
 def test_lpips_trunk_comes_from_the_local_file(tmp_path, monkeypatch):
-    import torchvision
+    from standins import write_alexnet
 
     from e4e.losses import LPIPSLoss
 
-    sd = torchvision.models.alexnet().state_dict()
-    torch.save(sd, tmp_path / "alexnet-owt-7be5be79.pth")
+    sd = torch.load(write_alexnet(tmp_path), weights_only=True)
     monkeypatch.setenv("E4E_WEIGHTS", str(tmp_path))
     lp = LPIPSLoss("alex")
     assert torch.equal(getattr(lp.model.net.slice1, "0").weight, sd["features.0.weight"])
