@@ -290,9 +290,8 @@ def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | 
                     return MemberResult(t.member.name, "SKIPPED", t.run_id, checkpoint=_checkpoint_of(client, t))
                 t.action = "resume"
             if t.run_id is not None and _checkpoints_lost(client, t):
-                _mark_failed(client, t.run_id, f"checkpoints lost: {t.out_dir} holds neither last.pt nor "
-                             "inverter.pt, so this run's logged history cannot be continued; a new run "
-                             "trains the member from step 0", "CheckpointsLost", "")
+                _mark_failed(client, t.run_id, f"checkpoints lost: {t.out_dir} was emptied, so this run's logged "
+                             "history cannot be continued; a new run trains the member from step 0", "CheckpointsLost", "")
                 t.run_id, t.action = None, "run"
             if t.run_id is None:
                 t.run_id = _create_child(client, exp_id, t, parent_id, sha)
@@ -307,12 +306,13 @@ def _claim_run(client, exp_id, t: MemberTask, parent_id, sha) -> MemberResult | 
 
 
 def _checkpoints_lost(client, t: MemberTask) -> bool:
-    """A trained member whose run logged training metrics but whose out_dir lost its checkpoints
-    (a deleted or wiped runs dir): resuming into that run would log steps 0.. over its history."""
-    if t.member.method in OPTIM_METHODS:
-        return False
+    """A trained member whose run logged training metrics but whose out_dir lost everything the
+    trainer wrote there (a deleted or wiped runs dir; the lock just taken is all it holds): training
+    again from step 0 into that run would splice a new training's curve onto the lost one's history.
+    (An out_dir with the trainer's config.yaml but no checkpoint -- a member that failed or was
+    killed before its first one -- is retried in its own run, as before.)"""
     out = Path(t.out_dir)
-    if (out / "last.pt").is_file() or (out / "inverter.pt").is_file():
+    if t.member.method in OPTIM_METHODS or any((out / f).exists() for f in ("config.yaml", "last.pt", "inverter.pt")):
         return False
     return any(k.startswith("train/") for k in client.get_run(t.run_id).data.metrics)
 
