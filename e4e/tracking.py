@@ -19,6 +19,7 @@ Nothing here touches MLflow at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -28,6 +29,26 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MAX_PARAM_LEN = 6000
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str):
+    """``mlflow``'s global tracking URI set to ``uri`` inside the block only. ``mlflow.set_tracking_uri``
+    also exports ``MLFLOW_TRACKING_URI`` to the process environment, so a bare call would leak into
+    every later command of the same process (a notebook, a test session); both are restored on exit."""
+    import mlflow
+
+    had_env, env = "MLFLOW_TRACKING_URI" in os.environ, os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if had_env or mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous) if previous is not None else mlflow.set_tracking_uri(None)
+        if had_env:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+        else:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def tracking_uri() -> str:

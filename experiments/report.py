@@ -110,22 +110,22 @@ def member_runs(experiment: str | None = None, grid: str | None = None, uri: str
     """
     import mlflow
 
-    from e4e.tracking import check_store, filter_literal
+    from e4e.tracking import check_store, filter_literal, using_tracking_uri
 
     experiment = experiment or experiment_name()
     grid = grid if grid is not None else grid_filter()
-    mlflow.set_tracking_uri(check_store(uri or tracking_uri(), must_exist=True))
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        raise LookupError(f"no MLflow experiment {experiment!r} in {uri or tracking_uri()}; "
-                          "run `python -m experiments.grid run ...` first")
-    filters = ["tags.member != ''"]
-    if only_done:
-        filters += ["attributes.status = 'FINISHED'", f"tags.`{STAGE_TAG}` = '{DONE}'"]
-    if grid:
-        filters.append(f"tags.grid = {filter_literal(grid)}")
-    df = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" and ".join(filters),
-                            order_by=["attributes.start_time DESC"], max_results=5000)
+    with using_tracking_uri(check_store(uri or tracking_uri(), must_exist=True)):
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            raise LookupError(f"no MLflow experiment {experiment!r} in {uri or tracking_uri()}; "
+                              "run `python -m experiments.grid run ...` first")
+        filters = ["tags.member != ''"]
+        if only_done:
+            filters += ["attributes.status = 'FINISHED'", f"tags.`{STAGE_TAG}` = '{DONE}'"]
+        if grid:
+            filters.append(f"tags.grid = {filter_literal(grid)}")
+        df = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=" and ".join(filters),
+                                order_by=["attributes.start_time DESC"], max_results=5000)
     if df.empty:
         return df
     df = df.drop_duplicates(subset="tags.member", keep="first").copy()
