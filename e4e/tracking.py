@@ -37,18 +37,18 @@ def using_tracking_uri(uri: str):
     also exports ``MLFLOW_TRACKING_URI`` to the process environment, so a bare call would leak into
     every later command of the same process (a notebook, a test session); both are restored on exit."""
     import mlflow
+    from mlflow.tracking._tracking_service import utils
 
-    had_env, env = "MLFLOW_TRACKING_URI" in os.environ, os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri() if had_env or mlflow.tracking._tracking_service.utils.is_tracking_uri_set() else None
+    previous, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield uri
     finally:
-        mlflow.set_tracking_uri(previous) if previous is not None else mlflow.set_tracking_uri(None)
-        if had_env:
-            os.environ["MLFLOW_TRACKING_URI"] = env
-        else:
+        mlflow.set_tracking_uri(previous)          # None: unset, as before the block
+        if env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def tracking_uri() -> str:
